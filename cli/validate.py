@@ -1,0 +1,78 @@
+"""`dagwright validate`, `dagwright graph` and `dagwright schema`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dagwright.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, compile_or_exit, load_tools, settings_for
+from dagwright.cli.render import render_dot, render_mermaid
+from dagwright.interpreter.compiler import compile_file
+from dagwright.interpreter.diagnostics import CompileError
+from dagwright.interpreter.models import language_json_schema
+
+ConfigOption = typer.Option(None, "--config", help="Path to a dagwright.toml (default: searched near the file).")
+ToolsOption = typer.Option(None, "--tools", help="Extra tool module to load: a dotted name or a .py path. Repeatable.")
+
+
+def validate(
+    files: list[Path] = typer.Argument(..., help="Workflow files (YAML or JSON).", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable diagnostics as JSON."),
+    config: Optional[str] = ConfigOption,
+    tools: Optional[list[str]] = ToolsOption,
+) -> None:
+    """Check workflow files without running them.
+
+    Exit status: 0 when every file is valid, 1 when any file has errors, 2 on a usage
+    or configuration problem. Errors are printed as `file:line:column: message`.
+    """
+    results = []
+    for path in files:
+        registry = load_tools(settings_for(path, config), tools)
+        try:
+            definition = compile_file(str(path), tools=registry)
+            results.append({"file": str(path), "valid": True, "nodes": len(definition["nodes"]),
+                            "hash": definition["hash"], "diagnostics": []})
+        except CompileError as exc:
+            results.append({"file": str(path), "valid": False,
+                            "diagnostics": [d.to_json() for d in exc.diagnostics]})
+            if not as_json:
+                for diagnostic in exc.diagnostics:
+                    typer.echo(diagnostic.format())
+
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            if result["valid"]:
+                typer.echo(f"{result['file']}: ok ({result['nodes']} nodes, {result['hash'][:19]})")
+        errors = sum(len(result["diagnostics"]) for result in results)
+        invalid = sum(1 for result in results if not result["valid"])
+        if errors:
+            typer.echo(f"{errors} error{'s' if errors != 1 else ''} in {invalid} file{'s' if invalid != 1 else ''}",
+                       err=True)
+    raise typer.Exit(EXIT_OK if all(result["valid"] for result in results) else EXIT_FAILED)
+
+
+def graph(
+    file: Path = typer.Argument(..., help="Workflow file.", show_default=False),
+    output_format: str = typer.Option("mermaid", "--format", help="Output format: mermaid or dot."),
+    config: Optional[str] = ConfigOption,
+    tools: Optional[list[str]] = ToolsOption,
+) -> None:
+    """Print the DAG with node types and conditions, as Mermaid or Graphviz dot."""
+    if output_format not in ("mermaid", "dot"):
+        typer.echo(f"error: unknown format '{output_format}'; use mermaid or dot", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    registry = load_tools(settings_for(file, config), tools)
+    definition = compile_or_exit(str(file), registry)
+    render = render_mermaid if output_format == "mermaid" else render_dot
+    typer.echo(render(definition))
+
+
+def schema() -> None:
+    """Print the JSON Schema of workflow files, for editors and CI checks."""
+    typer.echo(json.dumps(language_json_schema(), indent=2))
