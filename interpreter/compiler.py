@@ -148,8 +148,12 @@ def _compile(context: _Context) -> dict[str, Any]:
         input_names=input_names,
         output_fields={node_id: node["_output_fields"] for node_id, node in nodes.items()},
     )
-    for node_id, node in nodes.items():
-        _check_node_expressions(checker, node_id, raw_nodes[node_id], node)
+    for node_id, raw in raw_nodes.items():
+        if not isinstance(raw, dict) or raw.get("type") not in models.NODE_MODELS:
+            continue
+        # Nodes that failed validation are still checked, so a user sees every error at once.
+        node = nodes.get(node_id) or _shell_node(raw)
+        _check_node_expressions(checker, node_id, raw, node)
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     checker.check_structure(("outputs",), outputs, ScopeRules(owner=None), node=None)
 
@@ -158,6 +162,16 @@ def _compile(context: _Context) -> dict[str, Any]:
     if context.diagnostics or header is None:
         return {}
     return _assemble(context, header, nodes, outputs, dependencies)
+
+
+def _shell_node(raw: dict) -> dict:
+    needs = raw.get("needs") if isinstance(raw.get("needs"), list) else []
+    return {
+        "type": raw["type"],
+        "for_each": raw.get("for_each"),
+        "needs": [item for item in needs if isinstance(item, str)],
+        "deps": [],
+    }
 
 
 def _check_version(context: _Context, data: dict) -> bool:

@@ -24,7 +24,7 @@ class Diagnostic:
         """Render as `file:line:column: message`, with the hint appended as a sentence."""
         text = f"{self.file}:{self.line}:{self.column}: {self.message}"
         if self.hint:
-            text += f" {self.hint}"
+            text += ("" if text.endswith((".", "?", "!")) else ".") + f" {self.hint}"
         return text
 
     def to_json(self) -> dict:

@@ -7,6 +7,10 @@ from typing import Any, Callable
 import jsonschema
 from jsonschema.validators import validator_for
 
+from dagwright.interpreter.diagnostics import did_you_mean
+
+JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
+
 
 def check_json_schema(schema: Any, path: tuple, report: Callable[..., None], *, node: str | None) -> None:
     """Report an invalid JSON Schema at the place inside it that is wrong."""
@@ -19,12 +23,11 @@ def check_json_schema(schema: Any, path: tuple, report: Callable[..., None], *, 
     except jsonschema.SchemaError as exc:
         inner = tuple(exc.path)
         where = "/".join(str(part) for part in inner) or "(root)"
-        report(
-            path + inner,
-            f"invalid JSON Schema at {where}: {exc.message}",
-            "invalid-schema",
-            node=node,
-        )
+        message, hint = exc.message, None
+        if inner and inner[-1] == "type" and isinstance(exc.instance, str):
+            message = f"unknown type '{exc.instance}'"
+            hint = did_you_mean(exc.instance, JSON_TYPES) or f"Use one of: {', '.join(JSON_TYPES)}."
+        report(path + inner, f"invalid JSON Schema at {where}: {message}", "invalid-schema", node=node, hint=hint)
         return
     if "default" in schema:
         errors = sorted(validator(schema).iter_errors(schema["default"]), key=lambda e: list(e.path))

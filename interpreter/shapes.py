@@ -146,7 +146,10 @@ def _report_place(path, errors, *, model, data, base, where, report) -> None:
     if kinds == {"extra_forbidden"}:
         accepted = fields_of(model, path[:-1]) or []
         hint = did_you_mean(str(path[-1]), accepted)
-        report(base + path, f"unknown field '{path[-1]}' in {where}", "unknown-field", hint, True)
+        if not hint and accepted:
+            hint = f"Accepted fields: {', '.join(accepted)}."
+        inside = f"'{'.'.join(str(part) for part in path[:-1])}' of {where}" if len(path) > 1 else where
+        report(base + path, f"unknown field '{path[-1]}' in {inside}", "unknown-field", hint, True)
         return
 
     missing = [rest[0] for error, rest in errors if error["type"] == "missing" and rest]
@@ -179,7 +182,8 @@ def _report_place(path, errors, *, model, data, base, where, report) -> None:
         if message not in messages:
             messages.append(message)
     value = _value_at(data, path)
-    subject = f"'{field}' in {where}" if field is not None else where
+    dotted = ".".join(str(part) for part in path)
+    subject = f"'{dotted}' in {where}" if path else where
     if path and not isinstance(value, (dict, list)):
         text = f"invalid value {_describe_value(value)} for {subject}: {' or '.join(messages)}"
     elif path:
