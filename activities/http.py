@@ -48,7 +48,7 @@ from dagwright.activities.errors import (
     permanent,
     retryable,
 )
-from dagwright.activities.python_tool import heartbeating
+from dagwright.activities.heartbeat import heartbeating
 from dagwright.activities.secrets import SecretResolver, redact
 
 logger = logging.getLogger(__name__)

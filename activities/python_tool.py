@@ -18,16 +18,15 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from dagwright.activities.heartbeat import heartbeating
 from dagwright.activities.errors import (
     TOOL_ARGUMENTS_INVALID,
     TOOL_ERROR,
@@ -48,9 +47,6 @@ logger = logging.getLogger(__name__)
 
 ACTIVITY_NAME = "dagwright.python"
 
-# Heartbeats go out this often when the activity has no heartbeat timeout, and at most this far
-# apart when it has one. The worker throttles what reaches the server, so extra calls are cheap.
-MAX_HEARTBEAT_INTERVAL = timedelta(seconds=5)
 
 # NOTE: 16 threads is a guess at "enough for I/O-bound tools". A worker with many long sync tools
 # should raise it, because otherwise tools wait for a free thread while their attempt timeout runs.
@@ -67,23 +63,6 @@ class ToolCall(BaseModel):
     node_id: str
     function: str
     args: dict[str, Any] = {}
-
-
-@asynccontextmanager
-async def heartbeating() -> AsyncIterator[None]:
-    """Heartbeat the current activity in the background until the block exits.
-
-    Use it around any long await in an async activity: the server delivers a cancellation only
-    in the response to a heartbeat, and the worker then cancels the activity's task.
-    """
-    beater = asyncio.create_task(_heartbeat_forever(_heartbeat_interval()))
-    try:
-        yield
-    finally:
-        beater.cancel()
-        # asyncio.wait never raises the task's own CancelledError, so a cancellation of the
-        # caller that arrives here still propagates.
-        await asyncio.wait([beater])
 
 
 @activity.defn(name=ACTIVITY_NAME)
@@ -201,18 +180,3 @@ def _result_error(tool_name: str, node_id: str, path: str, value: Any) -> Applic
         type=TOOL_RESULT_INVALID,
         details={"tool": tool_name, "path": path, "type": type(value).__name__},
     )
-
-
-def _heartbeat_interval() -> float:
-    interval = MAX_HEARTBEAT_INTERVAL
-    heartbeat_timeout = activity.info().heartbeat_timeout
-    if heartbeat_timeout:
-        # Three beats per timeout window survive one lost or delayed heartbeat.
-        interval = min(interval, heartbeat_timeout / 3)
-    return interval.total_seconds()
-
-
-async def _heartbeat_forever(interval_seconds: float) -> None:
-    while True:
-        activity.heartbeat()
-        await asyncio.sleep(interval_seconds)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,33 +28,18 @@ from dagwright.activities.errors import (
     permanent,
 )
 
+# The marker format lives with the workflow side, which renders the markers.
+from dagwright.interpreter.secrets_view import (  # noqa: F401 (re-exported)
+    MARKER_PATTERN as _MARKER_PATTERN,
+    SecretNameError,
+    SecretsView,
+    secret_marker,
+    validate_secret_name,
+)
+
 ENV_PREFIX = "DAGWRIGHT_SECRET_"
 SECRETS_FILE_ENV = "DAGWRIGHT_SECRETS_FILE"
 REDACTED = "[REDACTED]"
-
-_NAME_PATTERN = re.compile(r"[A-Z0-9_]+")
-_MARKER_OPEN = "\u27e6secret:"
-_MARKER_CLOSE = "\u27e7"
-_MARKER_PATTERN = re.compile(re.escape(_MARKER_OPEN) + r"([A-Z0-9_]+)" + re.escape(_MARKER_CLOSE))
-
-
-class SecretNameError(ValueError):
-    """Raised when a secret name is not of the form ``[A-Z0-9_]+``."""
-
-
-def validate_secret_name(name: str) -> str:
-    """Return ``name`` unchanged if it is a valid secret name, else raise SecretNameError."""
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
-        raise SecretNameError(
-            f"Invalid secret name {name!r}: secret names contain only upper-case letters, digits "
-            f"and '_' (for example API_TOKEN), and the worker reads them from {ENV_PREFIX}<NAME>."
-        )
-    return name
-
-
-def secret_marker(name: str) -> str:
-    """Return the placeholder that stands for secret ``name`` until an activity resolves it."""
-    return f"{_MARKER_OPEN}{validate_secret_name(name)}{_MARKER_CLOSE}"
 
 
 def referenced_secrets(value: Any) -> set[str]:
@@ -64,28 +48,6 @@ def referenced_secrets(value: Any) -> set[str]:
     for text in _strings_in(value):
         names.update(_MARKER_PATTERN.findall(text))
     return names
-
-
-class SecretsView:
-    """Expression-context object for ``secrets``: ``secrets.NAME`` and ``secrets["NAME"]``.
-
-    Both forms return the marker, never a value, so templates can be rendered in the workflow.
-    """
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> str:
-        # Names with a leading underscore are Python protocol probes (copy, pickle, Jinja's
-        # __html__), which must see a missing attribute instead of an invalid secret name.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return secret_marker(name)
-
-    def __getitem__(self, name: str) -> str:
-        return secret_marker(name)
-
-    def __repr__(self) -> str:
-        return "<secrets>"
 
 
 class SecretResolver:

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import typer
 
+from dagwright.cli import run as _run
+from dagwright.cli import runs as _runs
 from dagwright.cli import validate as _validate
+from dagwright.cli.server import server_app
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     help="Run declarative AI workflows durably on Temporal.",
     context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
 )
 app.command()(_validate.validate)
 app.command()(_validate.graph)
 app.command()(_validate.schema)
+app.command()(_run.run)
+app.command()(_run.worker)
+app.command()(_runs.status)
+app.command()(_runs.result)
+app.command("list")(_runs.list_runs)
+app.command()(_runs.cancel)
+app.add_typer(server_app, name="server")
 
 
 @app.command()

@@ -11,7 +11,8 @@ from events also puts every rule below under this module's control:
   octal), `0o17` and `0x1F`. Floats include `1e3`, `.5`, `.inf` and `.nan`. Everything else,
   including `1_000`, `12:30` and `2024-01-01`, is a string. Quoted scalars are always strings.
   `SourceMap.scalar_text` returns the source text of plain scalars that were read as non-strings,
-  so a caller that expects a string can turn `1e3` back into "1e3".
+  so a caller that expects a string can turn `1e3` back into "1e3". A `%YAML 1.1` directive does
+  not change these rules.
 - Only the tags `!!str`, `!!int`, `!!float`, `!!bool`, `!!null`, `!!map`, `!!seq` and the
   non-specific `!` are accepted. Any other tag, including `!!python/...`, is an error.
 - Anchors and aliases work. Each alias becomes an independent copy of the anchored value, and
@@ -20,10 +21,11 @@ from events also puts every rule below under this module's control:
 - Merge keys (`<<`) are rejected. They belong to YAML 1.1, not to the 1.2 core schema.
 - Duplicate keys and non-string keys are errors, and every one in the file is reported.
 - A `.json` file goes through the same parser because JSON is YAML 1.2 flow syntax. Before
-  parsing, tabs outside strings become spaces and `\\uD83D\\uDE00` surrogate-pair escapes
-  become `\\U0001F600`, because libyaml rejects both. Columns are mapped back to the original
-  text. A `.json` file that still fails is reported with the stdlib `json` module's message
-  when that module rejects it too.
+  parsing, `\\uD83D\\uDE00` surrogate-pair escapes become `\\U0001F600`, because libyaml
+  rejects them, and columns are mapped back to the original text. Tabs outside strings become
+  spaces as a precaution, since libyaml 0.2.6 accepted every JSON tab position tested but
+  limits tabs in block context. A `.json` file that still fails is reported with the stdlib
+  `json` module's message when that module rejects it too.
 
 Every problem in the input raises `LoadError`. Each of its diagnostics carries file, line and
 column, and its message names the problem and the fix.
@@ -43,7 +45,6 @@ from typing import Any, Callable
 import yaml
 from yaml.events import (
     AliasEvent,
-    DocumentEndEvent,
     DocumentStartEvent,
     MappingEndEvent,
     MappingStartEvent,
@@ -69,7 +70,8 @@ MAX_NODES = 250_000
 document. The synthetic 1,000-node workflow has 9,000, so the cap stops alias bombs and data
 dumps, not workflows."""
 
-# libyaml when it is installed, else PyYAML's pure-Python parser. Both produce the same events.
+# libyaml when it is installed, else PyYAML's pure-Python parser. Both emit the same event types,
+# but their syntax error messages differ.
 _PARSER_CLASS: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -129,7 +131,8 @@ class Position:
     column: int
 
 
-Path = tuple[str | int, ...]
+DataPath = tuple[str | int, ...]
+"""Location of a value: mapping keys (str) and list indexes (int) from the top level."""
 _Pair = tuple[int, int]
 
 
@@ -141,11 +144,11 @@ class SourceMap:
 
     def __init__(
         self,
-        values: dict[Path, _Pair],
-        keys: dict[Path, _Pair],
-        children: dict[Path, list[str]],
-        styles: dict[Path, str],
-        texts: dict[Path, str],
+        values: dict[DataPath, _Pair],
+        keys: dict[DataPath, _Pair],
+        children: dict[DataPath, list[str]],
+        styles: dict[DataPath, str],
+        texts: dict[DataPath, str],
     ) -> None:
         self._values = values
         self._keys = keys
@@ -153,17 +156,17 @@ class SourceMap:
         self._styles = styles
         self._texts = texts
 
-    def key(self, path: Path) -> Position | None:
+    def key(self, path: DataPath) -> Position | None:
         """Return where the mapping key of the value at `path` starts, or None for list items and `()`."""
         pair = self._keys.get(tuple(path))
         return None if pair is None else Position(*pair)
 
-    def value(self, path: Path) -> Position | None:
+    def value(self, path: DataPath) -> Position | None:
         """Return where the value at `path` starts, or None when there is no such value."""
         pair = self._values.get(tuple(path))
         return None if pair is None else Position(*pair)
 
-    def nearest(self, path: Path) -> Position:
+    def nearest(self, path: DataPath) -> Position:
         """Return the value position of `path`, else of its longest existing prefix, else 1:1."""
         path = tuple(path)
         for length in range(len(path), -1, -1):
@@ -172,11 +175,11 @@ class SourceMap:
                 return Position(*pair)
         return Position(1, 1)
 
-    def child_keys(self, path: Path) -> list[str]:
+    def child_keys(self, path: DataPath) -> list[str]:
         """Return the keys of the mapping at `path` in file order, or [] when it is not a mapping."""
         return list(self._children.get(tuple(path), ()))
 
-    def scalar_style(self, path: Path) -> str | None:
+    def scalar_style(self, path: DataPath) -> str | None:
         """Return how the scalar at `path` was written.
 
         The result is "plain", "single-quoted", "double-quoted", "literal" or "folded",
@@ -184,7 +187,7 @@ class SourceMap:
         """
         return self._styles.get(tuple(path))
 
-    def scalar_text(self, path: Path) -> str | None:
+    def scalar_text(self, path: DataPath) -> str | None:
         """Return the source text of a plain scalar that was read as null, bool, int or float.
 
         Returns None for strings, quoted or block scalars, collections and unknown paths.
@@ -438,7 +441,7 @@ class _Frame:
     """A mapping or list that is still open, and where its next child goes."""
 
     container: dict[str, Any] | list[Any]
-    path: Path
+    path: DataPath
     is_map: bool
     anchor: str | None
     order_start: int
@@ -454,7 +457,7 @@ class _Anchor:
     """A value with an `&anchor`, and where its positions sit in the builder's path order."""
 
     value: Any
-    path: Path | None
+    path: DataPath | None
     order_start: int
     order_end: int = -1
     size: int = 1
@@ -473,13 +476,13 @@ class _DocumentBuilder:
         self._diagnostics: list[Diagnostic] = []
         self._stack: list[_Frame] = []
         self._anchors: dict[str, _Anchor] = {}
-        self._values: dict[Path, _Pair] = {}
-        self._keys: dict[Path, _Pair] = {}
-        self._children: dict[Path, list[str]] = {}
-        self._styles: dict[Path, str] = {}
-        self._texts: dict[Path, str] = {}
+        self._values: dict[DataPath, _Pair] = {}
+        self._keys: dict[DataPath, _Pair] = {}
+        self._children: dict[DataPath, list[str]] = {}
+        self._styles: dict[DataPath, str] = {}
+        self._texts: dict[DataPath, str] = {}
         # Value paths in the order they started, so an anchored value's paths are one slice.
-        self._order: list[Path] = []
+        self._order: list[DataPath] = []
         self._root: dict[str, Any] | None = None
         self.node_count = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -537,8 +540,7 @@ class _DocumentBuilder:
         if isinstance(event, StreamEndEvent):
             raise _Fatal(Diagnostic(self._file, 1, 1, _EMPTY_FILE_MESSAGE, "empty-file"))
         self._read_root(parser)
-        event = parser.get_event()
-        assert isinstance(event, DocumentEndEvent)
+        parser.get_event()  # DocumentEndEvent
         event = parser.get_event()
         if isinstance(event, DocumentStartEvent):
             message = (
@@ -578,7 +580,7 @@ class _DocumentBuilder:
 
     # Placing values
 
-    def _place(self, frame: _Frame, value: Any, position: _Pair) -> Path:
+    def _place(self, frame: _Frame, value: Any, position: _Pair) -> DataPath:
         """Attach `value` as the next child of `frame`, record its position and return its path."""
         if frame.is_map:
             path = frame.path + (frame.key,)
@@ -793,7 +795,7 @@ class _DocumentBuilder:
             return
         self._copy_positions(anchor, path)
 
-    def _copy_positions(self, anchor: _Anchor, new_root: Path) -> None:
+    def _copy_positions(self, anchor: _Anchor, new_root: DataPath) -> None:
         """Give the paths inside an alias copy the positions of the anchored text."""
         assert anchor.path is not None
         cut = len(anchor.path)

@@ -311,6 +311,8 @@ class DagWorkflow:
                         result_type=dict,
                     )
                 except ActivityError as exc:
+                    if isinstance(exc.cause, CancelledError):
+                        raise asyncio.CancelledError() from exc
                     attempt, cause = _describe_activity_error(exc, variant["retry"])
                     last_attempt = attempt
                     failed.append({"variant": number, "attempts": attempt, "error": cause})

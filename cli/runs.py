@@ -1,0 +1,167 @@
+"""`dagwright status`, `result`, `list` and `cancel`: look at and control runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Optional
+
+import typer
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from dagwright.cli.common import EXIT_FAILED, EXIT_OK, fail
+from dagwright.cli.connect import TemporalSetupError, connect, ensure_server
+from dagwright.cli.live import describe_row
+from dagwright.cli.run import failure_message, server_has_search_attributes
+
+STATUS_FILTERS = {
+    "running": "ExecutionStatus = 'Running'",
+    "succeeded": "ExecutionStatus = 'Completed'",
+    "completed": "ExecutionStatus = 'Completed'",
+    "failed": "ExecutionStatus = 'Failed'",
+    "cancelled": "ExecutionStatus = 'Canceled'",
+    "terminated": "ExecutionStatus = 'Terminated'",
+    "timed_out": "ExecutionStatus = 'TimedOut'",
+}
+DAG_STATUSES = ("waiting_approval", "paused")
+
+
+async def client_for_cli() -> Client:
+    """Connect to the configured or local Temporal server without starting one."""
+    try:
+        return await connect(await ensure_server(auto_start=False))
+    except TemporalSetupError as exc:
+        fail(str(exc))
+
+
+def status(
+    run_id: str = typer.Argument(..., help="The run's workflow id.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
+) -> None:
+    """Show a run's status and the state of each node."""
+    raise typer.Exit(asyncio.run(_status(run_id, as_json)))
+
+
+async def _status(run_id: str, as_json: bool) -> int:
+    client = await client_for_cli()
+    handle = client.get_workflow_handle(run_id)
+    try:
+        description = await handle.describe()
+    except RPCError as exc:
+        fail(_rpc_message(exc, run_id))
+    try:
+        state = await handle.query("state", result_type=dict)
+    except RPCError:
+        state = None  # no worker answers queries right now; show what the server knows
+    server_status = description.status.name.lower() if description.status else "unknown"
+    if as_json:
+        typer.echo(json.dumps({"run_id": run_id, "execution_status": server_status, "state": state}, indent=2))
+        return EXIT_OK
+    typer.echo(f"run {run_id}: {state['status'] if state else server_status} (Temporal: {server_status})")
+    if state is None:
+        typer.echo("node states are unavailable: no worker answered the query", err=True)
+        return EXIT_OK
+    for node_id, row in state["nodes"].items():
+        typer.echo(f"  {node_id:<24} {describe_row(row)}")
+    return EXIT_OK
+
+
+def result(
+    run_id: str = typer.Argument(..., help="The run's workflow id.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Wait for a run to finish and print its outputs (exit 1 if it failed)."""
+    raise typer.Exit(asyncio.run(_result(run_id, as_json)))
+
+
+async def _result(run_id: str, as_json: bool) -> int:
+    client = await client_for_cli()
+    handle = client.get_workflow_handle(run_id)
+    try:
+        outcome: Any = await handle.result()
+    except WorkflowFailureError as exc:
+        typer.echo(f"run {run_id} failed: {failure_message(exc)}", err=True)
+        return EXIT_FAILED
+    except RPCError as exc:
+        fail(_rpc_message(exc, run_id))
+    outputs = outcome.get("outputs", outcome) if isinstance(outcome, dict) else outcome
+    typer.echo(json.dumps(outputs, indent=None if as_json else 2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def list_runs(
+    workflow: Optional[str] = typer.Option(None, "--workflow", help="Only runs of this workflow name."),
+    status_filter: Optional[str] = typer.Option(
+        None, "--status", help="running, succeeded, failed, cancelled, terminated, timed_out, waiting_approval or paused."
+    ),
+    limit: int = typer.Option(50, "--limit", help="Maximum number of runs to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON lines."),
+) -> None:
+    """List recent runs, newest first."""
+    raise typer.Exit(asyncio.run(_list(workflow, status_filter, limit, as_json)))
+
+
+async def _list(workflow: str | None, status_filter: str | None, limit: int, as_json: bool) -> int:
+    client = await client_for_cli()
+    clauses = ["WorkflowType = 'DagWorkflow'"]
+    has_attributes = await server_has_search_attributes(client)
+    if workflow:
+        if not has_attributes:
+            fail("filtering by workflow needs dagwright's search attributes on the server; see docs/operations.md")
+        clauses.append(f"DagwrightWorkflow = '{_quote(workflow)}'")
+    if status_filter:
+        if status_filter in STATUS_FILTERS:
+            clauses.append(STATUS_FILTERS[status_filter])
+        elif status_filter in DAG_STATUSES and has_attributes:
+            clauses.append(f"DagwrightStatus = '{status_filter}' AND ExecutionStatus = 'Running'")
+        else:
+            fail(f"unknown status '{status_filter}'; use one of: {', '.join([*STATUS_FILTERS, *DAG_STATUSES])}")
+    query = " AND ".join(clauses)
+    count = 0
+    async for execution in client.list_workflows(query, limit=limit):
+        count += 1
+        memo = await execution.memo()
+        row = {
+            "run_id": execution.id,
+            "workflow": memo.get("workflow"),
+            "status": execution.status.name.lower() if execution.status else "unknown",
+            "started": execution.start_time.isoformat() if execution.start_time else None,
+            "closed": execution.close_time.isoformat() if execution.close_time else None,
+        }
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            typer.echo(f"{row['run_id']:<40} {str(row['workflow']):<24} {row['status']:<12} {row['started']}")
+    if not count and not as_json:
+        typer.echo("no runs found", err=True)
+    return EXIT_OK
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def cancel(run_id: str = typer.Argument(..., help="The run's workflow id.", show_default=False)) -> None:
+    """Cancel a run: running activities are cancelled and the run ends cancelled."""
+    raise typer.Exit(asyncio.run(_cancel(run_id)))
+
+
+async def _cancel(run_id: str) -> int:
+    client = await client_for_cli()
+    handle = client.get_workflow_handle(run_id)
+    try:
+        description = await handle.describe()
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            fail(f"run {run_id} is not running (status {description.status.name.lower()})")
+        await handle.cancel()
+    except RPCError as exc:
+        fail(_rpc_message(exc, run_id))
+    typer.echo(f"cancellation requested for run {run_id}")
+    return EXIT_OK
+
+
+def _rpc_message(exc: RPCError, run_id: str) -> str:
+    if exc.status == RPCStatusCode.NOT_FOUND:
+        return f"no run with id '{run_id}' (check `dagwright list`)"
+    return f"Temporal rejected the request for run '{run_id}': {exc.message}"
