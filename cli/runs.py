@@ -50,10 +50,7 @@ async def _status(run_id: str, as_json: bool) -> int:
         description = await handle.describe()
     except RPCError as exc:
         fail(_rpc_message(exc, run_id))
-    try:
-        state = await handle.query("state", result_type=dict)
-    except RPCError:
-        state = None  # no worker answers queries right now; show what the server knows
+    state = await _state_or_none(handle, description.status)
     server_status = description.status.name.lower() if description.status else "unknown"
     if as_json:
         typer.echo(json.dumps({"run_id": run_id, "execution_status": server_status, "state": state}, indent=2))
@@ -65,6 +62,18 @@ async def _status(run_id: str, as_json: bool) -> int:
     for node_id, row in state["nodes"].items():
         typer.echo(f"  {node_id:<24} {describe_row(row)}")
     return EXIT_OK
+
+
+async def _state_or_none(handle, execution_status) -> dict | None:
+    """Return the run's state from its query, or from its result once it has completed."""
+    try:
+        return await handle.query("state", result_type=dict)
+    except RPCError:
+        pass  # no worker answers queries right now
+    if execution_status == WorkflowExecutionStatus.COMPLETED:
+        outcome = await handle.result()
+        return {"status": "succeeded", "nodes": outcome.get("nodes", {}), "outputs": outcome.get("outputs")}
+    return None
 
 
 def result(

@@ -146,7 +146,11 @@ def _compile(context: _Context) -> dict[str, Any]:
         report=context.error,
         node_ids=list(raw_nodes),
         input_names=input_names,
-        output_fields={node_id: node["_output_fields"] for node_id, node in nodes.items()},
+        output_fields=_output_fields(raw_nodes, nodes),
+        reminded_approvals=[
+            node_id for node_id, raw in raw_nodes.items()
+            if isinstance(raw, dict) and raw.get("type") == "approval" and raw.get("remind_after") is not None
+        ],
     )
     for node_id, raw in raw_nodes.items():
         if not isinstance(raw, dict) or raw.get("type") not in models.NODE_MODELS:
@@ -162,6 +166,23 @@ def _compile(context: _Context) -> dict[str, Any]:
     if context.diagnostics or header is None:
         return {}
     return _assemble(context, header, nodes, outputs, dependencies)
+
+
+def _output_fields(raw_nodes: dict, nodes: dict[str, dict]) -> dict[str, list[str] | None]:
+    """Return the known output fields of every node, including nodes that failed validation.
+
+    A node with an error of its own still has a known output shape when its type fixes it,
+    so `nodes.fetch.output.jsn` is reported even while `fetch` has a typo elsewhere.
+    """
+    fields: dict[str, list[str] | None] = {}
+    for node_id, raw in raw_nodes.items():
+        if node_id in nodes:
+            fields[node_id] = nodes[node_id]["_output_fields"]
+        elif isinstance(raw, dict) and "output" not in raw and "for_each" not in raw:
+            fields[node_id] = _OUTPUT_FIELDS.get(raw.get("type"))
+        else:
+            fields[node_id] = None
+    return fields
 
 
 def _shell_node(raw: dict) -> dict:
@@ -198,6 +219,8 @@ def _check_version(context: _Context, data: dict) -> bool:
 
 def _validate_header(context: _Context, data: dict) -> _Header | None:
     header_data = dict(data)
+    # `_check_version` has already reported a missing version; do not report it twice.
+    header_data.setdefault("dagwright", models.LANGUAGE_VERSION)
     if isinstance(header_data.get("nodes"), dict):
         header_data["nodes"] = {key: None for key in header_data["nodes"]}
     model = _validate(context, _Header, header_data, (), "the top level", node=None)
@@ -279,14 +302,14 @@ def _compile_nodes(context: _Context, raw_nodes: dict, header: _Header | None) -
     defaults = header.defaults if header else models.Defaults()
     compiled: dict[str, dict] = {}
     for node_id, raw in raw_nodes.items():
-        node = _compile_node(context, node_id, raw, defaults, list(raw_nodes))
+        node = _compile_node(context, node_id, raw, defaults, raw_nodes)
         if node is not None:
             compiled[node_id] = node
     return compiled
 
 
 def _compile_node(
-    context: _Context, node_id: str, raw: Any, defaults: models.Defaults, node_ids: list[str]
+    context: _Context, node_id: str, raw: Any, defaults: models.Defaults, node_ids: dict[str, Any]
 ) -> dict | None:
     path: DataPath = ("nodes", node_id)
     if not isinstance(node_id, str) or not models.NODE_ID.match(node_id):
@@ -296,6 +319,7 @@ def _compile_node(
             "invalid-node-id",
             node=str(node_id),
             at_key=True,
+            hint=f"For example '{_suggest_node_id(str(node_id))}'.",
         )
     if not isinstance(raw, dict):
         context.error(
@@ -334,12 +358,16 @@ def _compile_node(
     if validated is None:
         return None
 
+    reported_before = len(context.diagnostics)
     variants = [_variant(context, node_id, path, validated, defaults)]
+    node_is_clean = variants[0] is not None and len(context.diagnostics) == reported_before
     for index, merged in variants_raw:
         variant_model = _validate(
             context, model, merged, path, f"fallback {index + 1} of node '{node_id}'", node=node_id
         )
-        if variant_model is not None:
+        # A fallback inherits the node's fields, so when the node itself failed these checks
+        # the fallback would only repeat its errors at another position.
+        if variant_model is not None and node_is_clean:
             variants.append(_variant(context, node_id, path + ("fallback", index), variant_model, defaults))
     if any(variant is None for variant in variants):
         return None
@@ -353,6 +381,7 @@ def _compile_node(
         "deps": [],
         "when": _expression_text(validated.when),
         "when_uses_status": False,
+        "ready_when_overdue": [],
         "for_each": _expression_text(validated.for_each),
         "max_parallel": validated.max_parallel,
         "on_error": validated.on_error or defaults.on_error or "fail",
@@ -361,6 +390,10 @@ def _compile_node(
         "_line": line.line if line else 1,
         "_output_fields": _known_output_fields(validated, variants[0]),
     }
+
+
+def _suggest_node_id(node_id: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", node_id.lower()).strip("_") or "node_1"
 
 
 def _type_name(value: Any) -> str:
@@ -379,7 +412,8 @@ def _expression_text(value: str | bool | None) -> str | None:
     return value
 
 
-def _check_needs(context: _Context, node_id: str, raw: dict, node_ids: list[str]) -> None:
+def _check_needs(context: _Context, node_id: str, raw: dict, node_ids: dict[str, Any]) -> None:
+    # `node_ids` is the mapping of raw nodes, so membership is O(1) in files with many nodes.
     needs = raw.get("needs")
     if not isinstance(needs, list):
         return
@@ -613,7 +647,7 @@ def _python_params(context: _Context, node_id: str, path: DataPath, params: dict
                 f"tool '{name}' needs argument '{key}' (node '{node_id}')",
                 "missing-field",
                 node=node_id,
-                hint=f"Add it under 'args'.",
+                hint="Add it under 'args'.",
             )
     params["tool_version"] = getattr(tool, "version", None)
     return params
@@ -677,7 +711,8 @@ def _workflow_params(context: _Context, node_id: str, path: DataPath, params: di
         context.diagnostics.extend(exc.diagnostics)
         context.error(
             field_path,
-            f"workflow '{child_path}' of node '{node_id}' has {len(exc.diagnostics)} error(s), listed above",
+            f"workflow '{child_path}' of node '{node_id}' has {len(exc.diagnostics)} error(s),"
+            " reported under that file's name",
             "child-workflow",
             node=node_id,
         )
@@ -771,6 +806,7 @@ def _check_node_expressions(checker: ExpressionChecker, node_id: str, raw: dict,
         status_ids.extend(found.status_nodes)
         if key == "when":
             node["when_uses_status"] = found.uses_status
+            node["ready_when_overdue"] = list(found.overdue_nodes)
 
     for key, value in raw.items():
         if key in ("type", "needs", "fallback"):
@@ -810,10 +846,11 @@ def _check_cycles(context: _Context, dependencies: dict[str, list[str]]) -> None
 def _assemble(context, header: _Header, nodes: dict, outputs: dict, dependencies) -> dict[str, Any]:
     order = topological_order(dependencies)
     lines = {}
+    position = {node_id: index for index, node_id in enumerate(nodes)}
     for node_id, node in nodes.items():
         lines[node_id] = node.pop("_line")
         node.pop("_output_fields")
-        node["deps"] = [dep for dep in node_order(nodes, node["deps"])]
+        node["deps"] = node_order(nodes, node["deps"], position)
 
     definition = {
         "dagwright": models.LANGUAGE_VERSION,
@@ -831,9 +868,13 @@ def _assemble(context, header: _Header, nodes: dict, outputs: dict, dependencies
     return definition
 
 
-def node_order(nodes: dict, ids: list[str]) -> list[str]:
-    """Sort node ids by their position in the file."""
-    position = {node_id: index for index, node_id in enumerate(nodes)}
+def node_order(nodes: dict, ids: list[str], position: dict[str, int] | None = None) -> list[str]:
+    """Sort node ids by their position in the file.
+
+    Pass `position` (node id -> index in `nodes`) when sorting many lists, so it is built once.
+    """
+    if position is None:
+        position = {node_id: index for index, node_id in enumerate(nodes)}
     return sorted(ids, key=lambda node_id: position.get(node_id, len(position)))
 
 

@@ -25,9 +25,10 @@ Semantics (written to be copied into docs/dsl.md):
   That null is falsy, equal to ``none``, passes ``is none``, renders as ``null`` and is None in
   native results. Field access on an ordinary null (a node that succeeded with a null output)
   raises ExpressionError.
-- Status functions: ``succeeded('id')``, ``failed('id')``, ``skipped('id')``, ``cancelled('id')``
-  compare ``nodes.<id>.status``; ``always()`` is true. Their argument must be a string literal,
-  so the compiler can see the dependency.
+- Status functions: ``succeeded('id')``, ``failed('id')``, ``skipped('id')`` and
+  ``cancelled('id')`` compare ``nodes.<id>.status``. ``overdue('id')`` is true for an approval
+  that is still waiting after its ``remind_after``, and ``always()`` is true. Their argument
+  must be a string literal, so the compiler can see the dependency.
 - Determinism and safety: the ``random`` filter and the ``lipsum``, ``cycler``, ``joiner`` and
   ``namespace`` globals are removed, and there is no ``now``. Attributes starting with ``_``,
   methods that modify data, and attributes of types (``dict.update``) raise a "not allowed"
@@ -88,7 +89,14 @@ _MAX_QUOTED_KEY = 80
 _MAX_REPEATED_LENGTH = 1_000_000
 _MAX_POWER_BITS = 100_000
 
-_STATUS_FUNCTION_ARITY = {"succeeded": 1, "failed": 1, "skipped": 1, "cancelled": 1, "always": 0}
+_STATUS_FUNCTION_ARITY = {
+    "succeeded": 1,
+    "failed": 1,
+    "skipped": 1,
+    "cancelled": 1,
+    "overdue": 1,
+    "always": 0,
+}
 _REMOVED_GLOBALS = ("lipsum", "cycler", "joiner", "namespace")
 _REMOVED_FILTERS = ("random",)
 # Names a user might reach for that are unavailable because they are stateful or read the
@@ -111,8 +119,10 @@ _SELECTING_FILTERS = frozenset({
 class ExpressionError(Exception):
     """Evaluation of a template or expression failed.
 
-    ``str(exc)`` is a full sentence naming the expression. Messages name keys, fields and
-    types, never values from the context.
+    ``str(exc)`` is a full sentence naming the expression. The messages built here name keys,
+    fields and types rather than values. The one exception is an error raised by Python
+    itself inside a filter or operator ("evaluation failed with ..."), which keeps Python's
+    own message.
     """
 
     def __init__(self, message: str, expression: str, hint: str | None = None):
@@ -207,7 +217,7 @@ class Reference:
 
 @dataclass(frozen=True)
 class Analysis:
-    """What a template or expression reads, found without evaluating it.
+    """The names a template or expression reads, found without evaluating it.
 
     ``references`` are deduplicated and in source order. Names bound inside the template
     (``{% set %}``, loop variables, macro arguments) and globals such as ``range`` are not
@@ -471,6 +481,14 @@ def _cancelled(context: Context, node_id: str) -> bool:
     return _node_status(context, "cancelled", node_id) == "cancelled"
 
 
+@pass_context
+def _overdue(context: Context, node_id: str) -> bool:
+    # An approval past its `remind_after` that is still waiting for a decision.
+    _node_status(context, "overdue", node_id)
+    view = context["nodes"][node_id]
+    return bool(view.get("overdue")) if isinstance(view, Mapping) else bool(getattr(view, "overdue", False))
+
+
 def _always() -> bool:
     return True
 
@@ -504,6 +522,7 @@ def _create_environment() -> _Environment:
         failed=_failed,
         skipped=_skipped,
         cancelled=_cancelled,
+        overdue=_overdue,
         always=_always,
     )
     return env
@@ -750,7 +769,7 @@ def _status_hint(name: str) -> str:
 # --- compilation --------------------------------------------------------------------------
 
 # The variable a native-value template assigns its result to. The leading underscore keeps it
-# out of jinja2's exported names; users cannot collide with it because it is written last.
+# out of jinja2's exported names.
 _VALUE_NAME = "_dagwright_value"
 
 
@@ -777,15 +796,26 @@ def _single_expression(tree: jnodes.Template) -> jnodes.Expr | None:
     return expressions[0]
 
 
-def _builds_new_values(expression: jnodes.Expr) -> bool:
-    """Tell whether an expression may build containers that hold values not from the context."""
-    builders = (jnodes.List, jnodes.Tuple, jnodes.Dict, jnodes.Call, jnodes.Filter)
-    for node in [expression, *expression.find_all(builders)]:
-        if not isinstance(node, builders):
-            continue
-        if not isinstance(node, jnodes.Filter) or node.name not in _SELECTING_FILTERS:
-            return True
-    return False
+def _builds_new_values(node: jnodes.Node) -> bool:
+    """Tell whether an expression's result may hold values it built, not taken from the context.
+
+    Only such results need the deep scan for undefined and skipped values. A result that is
+    context data, a constant or a boolean is returned without walking it.
+    """
+    if isinstance(node, (jnodes.Test, jnodes.Compare, jnodes.Not)):
+        return False
+    if isinstance(node, (jnodes.List, jnodes.Tuple)):
+        return not all(isinstance(item, jnodes.Const) for item in node.items)
+    if isinstance(node, jnodes.Dict):
+        return not all(
+            isinstance(pair.key, jnodes.Const) and isinstance(pair.value, jnodes.Const)
+            for pair in node.items
+        )
+    if isinstance(node, jnodes.Call):
+        return True
+    if isinstance(node, jnodes.Filter) and node.name not in _SELECTING_FILTERS:
+        return True
+    return any(_builds_new_values(child) for child in node.iter_child_nodes())
 
 
 def _compile_value_template(expression: jnodes.Expr) -> Template:
@@ -816,7 +846,9 @@ def _compile_template(source: str) -> _Compiled:
     analyzer = _Analyzer(source)
     analyzer.statements(tree.body, frozenset())
     analysis = analyzer.result(is_single_expression=expression is not None)
+    deep = expression is not None and _builds_new_values(expression)
 
+    # Compile last: the compiler's optimizer folds constants in the tree in place.
     try:
         if expression is not None:
             template = _compile_value_template(expression)
@@ -824,8 +856,6 @@ def _compile_template(source: str) -> _Compiled:
             template = _ENV.from_string(tree)
     except TemplateSyntaxError as exc:
         raise _syntax_error(exc, source, "template") from exc
-
-    deep = expression is not None and _builds_new_values(expression)
     return _Compiled(source, analysis, template, tree, expression is not None, deep)
 
 
@@ -849,19 +879,28 @@ def _compile_expression(source: str) -> _Compiled:
             line = parser.stream.current.lineno
             raise TemplateSyntaxError("unexpected text after the expression", line)
         expression.set_environment(_ENV)
-        template = _compile_value_template(expression)
     except TemplateSyntaxError as exc:
         raise _syntax_error(exc, source, "expression") from exc
 
+    # Analyze before compiling: the compiler's optimizer folds constants in place, which would
+    # turn `failed('a' ~ 'b')` into an accepted literal.
     analyzer = _Analyzer(source)
     analyzer.expression(expression, frozenset())
     analysis = analyzer.result(is_single_expression=True)
-    return _Compiled(source, analysis, template, expression, True, _builds_new_values(expression))
+    deep = _builds_new_values(expression)
+
+    try:
+        template = _compile_value_template(expression)
+    except TemplateSyntaxError as exc:
+        raise _syntax_error(exc, source, "expression") from exc
+    return _Compiled(source, analysis, template, expression, True, deep)
 
 
 # --- evaluation ---------------------------------------------------------------------------
 
 
+# NOTE: there is no step budget. `*`, `**` and `range` are capped, but nested loops or wide
+# `center`/`format` widths can still run past the workflow's 2 s deadlock detector.
 def _run(compiled: _Compiled, context: Mapping[str, Any]) -> Any:
     """Evaluate a compiled template: the single boundary where evaluation errors are translated."""
     try:
@@ -932,7 +971,8 @@ def _evaluation_error(
     if isinstance(exc, TemplateSyntaxError):
         return _syntax_error(exc, source, "template")
     if isinstance(exc, UndefinedError):
-        return ExpressionError(exc.message or "a value is undefined", source)
+        # jinja2's own undefined values, such as an inline if-expression without an else part.
+        return ExpressionError((exc.message or "a value is undefined").rstrip("."), source)
     if isinstance(exc, ZeroDivisionError):
         return ExpressionError("division by zero", source)
     return ExpressionError(f"evaluation failed with {type(exc).__name__}: {exc}", source)
@@ -950,7 +990,7 @@ def _missing_value_error(
 ) -> ExpressionError:
     source, obj, name = compiled.source, exc.obj, exc.name
     if exc.hint:
-        return ExpressionError(exc.hint, source)
+        return ExpressionError(exc.hint.rstrip("."), source)
     if obj is missing:
         hint = did_you_mean(str(name), [*context, *_ENV.globals]) or _DEFAULT_HINT
         return ExpressionError(f"unknown name {name!r}", source, hint)
@@ -986,8 +1026,8 @@ def _find_parent_path(
 ) -> str | None:
     """Spell the static path of the value a missing key was looked up on, if it can be found.
 
-    Prefers a lookup whose parent path resolves, in the context, to the very object the key
-    was missing from; otherwise takes the first lookup of that key in the source.
+    A lookup whose parent path resolves in the context to the object the key was missing
+    from wins. Without one, the first lookup of that key in the source is used.
     """
     candidates: list[tuple[str, tuple[str | int, ...], bool]] = []
     for node in tree.find_all((jnodes.Getattr, jnodes.Getitem)):
@@ -1027,6 +1067,8 @@ def _format_path(root: str, path: tuple[str | int, ...]) -> str:
     return text
 
 
+# NOTE: a key computed at run time (`mapping[item.name]`) comes from data and is quoted in the
+# message, shortened to _MAX_QUOTED_KEY characters.
 def _format_key(name: Any) -> str:
     text = repr(name)
     return text if len(text) <= _MAX_QUOTED_KEY else text[:_MAX_QUOTED_KEY] + "..."
@@ -1171,4 +1213,8 @@ def _node_view(view: NodeView | Mapping[str, Any]) -> dict[str, Any]:
         status = status.value
     if status == "skipped":
         output = SKIPPED
-    return {"status": status, "output": output, "error": error}
+    view_dict = {"status": status, "output": output, "error": error}
+    overdue = view.get("overdue") if isinstance(view, Mapping) else getattr(view, "overdue", None)
+    if overdue:
+        view_dict["overdue"] = True
+    return view_dict

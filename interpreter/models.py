@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -219,7 +220,9 @@ class SqlNode(NodeBase):
     query: str
     params: list[Any] = Field(default_factory=list)
     mode: Literal["rows", "row", "value", "execute"] = "rows"
-    read_only: bool = True
+    # Strict, so that `read_only: yes` (a string under YAML 1.2) is rejected rather than
+    # coerced to true by pydantic's lax mode.
+    read_only: StrictBool = True
     max_rows: int = Field(10_000, ge=1, le=1_000_000)
 
 

@@ -37,6 +37,7 @@ class ScopeRules:
 class Found:
     nodes: list[str] = field(default_factory=list)
     status_nodes: list[str] = field(default_factory=list)
+    overdue_nodes: list[str] = field(default_factory=list)
     uses_status: bool = False
 
 
@@ -50,7 +51,9 @@ class ExpressionChecker:
         node_ids: list[str],
         input_names: list[str],
         output_fields: dict[str, list[str] | None],
+        reminded_approvals: list[str] = (),
     ):
+        self._reminded_approvals = list(reminded_approvals)
         self._report = report
         self._node_ids = node_ids
         self._node_set = set(node_ids)
@@ -75,10 +78,23 @@ class ExpressionChecker:
     def _check_string(self, path, source: str, rules, node, bare, found: Found) -> None:
         try:
             analysis = analyze_expression(source) if bare else analyze_template(source)
+        except RecursionError:
+            # NOTE: Jinja's lexer and parser recurse once per nesting level, and the
+            # expressions module lets the RecursionError through; stop it here so a
+            # pathological expression is a diagnostic, not a crash.
+            self._report(path, f"expression in {self._where(path, node)} is nested too deeply to parse",
+                         "expression-syntax", node=node,
+                         hint="Split it into several transform nodes.")
+            return
         except ExpressionSyntaxError as exc:
             offset = (exc.line - 1) if "\n" in source and exc.line else 0
-            self._report(path, f"invalid expression in {self._where(path, node)}: {exc.message}",
-                         "expression-syntax", node=node, line_offset=offset)
+            shown = source if len(source) <= 80 else source[:77] + "..."
+            message = exc.message.rstrip(".")
+            hint = exc.hint
+            if hint is None and "unexpected end of template" in message.lower():
+                hint = "Close every '{{' with '}}' and every '{%' block with its end tag."
+            self._report(path, f"{message} in {self._where(path, node)}: {shown!r}",
+                         "expression-syntax", node=node, hint=hint, line_offset=offset)
             return
         self._check_analysis(path, source, analysis, rules, node, found)
 
@@ -109,14 +125,17 @@ class ExpressionChecker:
                           or f"Available: {', '.join(RUN_FIELDS)}.")
             elif root in ("item", "index"):
                 if not rules.items:
-                    error(f"'{root}' is only defined in a node with 'for_each'", "invalid-scope",
-                          "It is also not available in 'for_each' and 'when' themselves.")
+                    error(f"'{root}' is not defined", "invalid-scope",
+                          f"'{root}' exists only in a node with 'for_each', and not in that node's"
+                          " 'for_each' and 'when' themselves.")
             elif root == "result":
                 if not rules.result:
-                    error("'result' is only defined in a node's 'output'", "invalid-scope")
+                    error("'result' is not defined", "invalid-scope",
+                          "'result' exists only in a node's 'output' expression; elsewhere use"
+                          " nodes.<id>.output.")
             elif root == "secrets":
                 if not rules.secrets:
-                    error("secrets are not allowed here", "secret-not-allowed",
+                    error("secrets are not allowed", "secret-not-allowed",
                           "Secrets may appear only in the url, headers, query and body of http nodes,"
                           " where the worker resolves them at call time.")
             else:
@@ -131,13 +150,18 @@ class ExpressionChecker:
                       did_you_mean(target, self._node_ids))
             elif target == rules.owner:
                 error(f"node '{target}' cannot test its own status", "self-reference")
+            elif function == "overdue" and target not in self._reminded_approvals:
+                error(f"overdue('{target}') needs an approval node with 'remind_after'", "invalid-reference",
+                      "Add remind_after to the approval, or test another status.")
             else:
                 found.status_nodes.append(target)
+                if function == "overdue":
+                    found.overdue_nodes.append(target)
         found.uses_status = found.uses_status or analysis.uses_status_functions
 
     def _check_node_reference(self, path, rules: ScopeRules, error, found: Found) -> None:
         if not path or not isinstance(path[0], str):
-            error("node references must name the node, as nodes.<id>", "dynamic-reference",
+            error("computed node id (write the id out, as nodes.<id>)", "dynamic-reference",
                   "Dependencies are derived before the run, so the node id cannot be computed.")
             return
         target = path[0]

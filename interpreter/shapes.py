@@ -99,7 +99,59 @@ def _item_type(annotation: Any) -> Any:
     return None
 
 
+# Pydantic's wording for type errors names Python types ("a valid dictionary or instance
+# of RetryDefaults"); a workflow author thinks in YAML terms.
+_EXPECTED_TYPES = {
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+}
+
+
+_BOUNDS = {
+    "greater_than_equal": ("at least", "ge"),
+    "less_than_equal": ("at most", "le"),
+    "greater_than": ("greater than", "gt"),
+    "less_than": ("less than", "lt"),
+}
+
+
+def yaml_type_name(value: Any) -> str:
+    """Name the YAML type of a loaded value, as used in "expected X, got Y" messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
 def _plain_message(error: dict) -> str:
+    expected = _EXPECTED_TYPES.get(error["type"])
+    if expected is not None:
+        return f"expected {expected}, got {yaml_type_name(error.get('input'))}"
+    bound = _BOUNDS.get(error["type"])
+    if bound is not None:
+        word, key = bound
+        return f"must be {word} {error.get('ctx', {}).get(key)}"
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
@@ -190,7 +242,9 @@ def _report_place(path, errors, *, model, data, base, where, report) -> None:
         text = f"invalid {subject}: {' or '.join(messages)}"
     else:
         text = f"invalid {where}: {' or '.join(messages)}"
-    report(base + path, text, "invalid-value", None, False)
+    # A rule about the whole object (such as "set exactly one of 'prompt' and 'messages'")
+    # points at the object's key, the node id, rather than at its first field.
+    report(base + path, text, "invalid-value", None, not path)
 
 
 def _value_at(data: Any, path: Path) -> Any:

@@ -26,11 +26,15 @@ class NodeState:
     items_done: int = 0
     items_failed: int = 0
     waiting_for: str | None = None
+    overdue: bool = False
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
         """Return the node as seen by expressions: `nodes.<id>.status/output/error`."""
-        return {"status": self.status, "output": self.output, "error": self.error}
+        view = {"status": self.status, "output": self.output, "error": self.error}
+        if self.overdue:
+            view["overdue"] = True
+        return view
 
     def summary(self) -> dict[str, Any]:
         """Return the node's row in the `state` query, with a short output preview."""
@@ -51,6 +55,8 @@ class NodeState:
             row["items"] = {"total": self.items_total, "done": self.items_done, "failed": self.items_failed}
         if self.waiting_for:
             row["waiting_for"] = self.waiting_for
+        if self.overdue:
+            row["overdue"] = True
         if self.attempts:
             row["failed_variants"] = self.attempts
         return row

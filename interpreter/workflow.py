@@ -25,6 +25,19 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from dagwright.interpreter.approvals import (
+        DECIDE_UPDATE,
+        PAUSE_SIGNAL,
+        RESUME_SIGNAL,
+        ApprovalDecision,
+        ControlRequest,
+        DecisionRejected,
+        PendingApproval,
+        approval_key,
+        check_decision,
+        decision_output,
+        timeout_output,
+    )
     from dagwright.interpreter.expressions import (
         ExpressionError,
         build_context,
@@ -71,7 +84,10 @@ class NodeFailure(Exception):
 class DagWorkflow:
     """Interpret one compiled definition; see docs/running.md for the input format."""
 
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, request: RunRequest) -> None:
+        # State is built here, not in run(): update validators and queries can arrive in
+        # the run's first activation, before run() starts.
         self._definition: dict[str, Any] = {}
         self._inputs: dict[str, Any] = {}
         self._nodes: dict[str, NodeState] = {}
@@ -86,17 +102,21 @@ class DagWorkflow:
         self._search_attributes = False
         self._run_started_at = ""
         self._control_log: list[dict[str, Any]] = []
+        self._approvals: dict[str, PendingApproval] = {}
+        self._start(request)
 
     # ------------------------------------------------------------ run
 
     @workflow.run
     async def run(self, request: RunRequest) -> RunResult:
-        self._start(request)
+        self._set_status("running")
         try:
             if request.batch is not None:
                 return await self._run_batch(request.batch)
             await self._schedule_until_done()
             if self._failed_node is not None:
+                # Nodes that never started must not stay "pending" in a finished run.
+                await self._cancel_running(f"not run because node '{self._failed_node}' failed")
                 raise ApplicationError(self._error or "a node failed", type="NodeFailed", non_retryable=True)
             outputs = self._evaluate_outputs()
         except asyncio.CancelledError:
@@ -123,7 +143,6 @@ class DagWorkflow:
         for node_id, reused in request.reuse.items():
             if node_id in self._nodes:
                 self._apply_reused(node_id, reused)
-        self._set_status("running")
 
     def _apply_reused(self, node_id: str, reused: ReusedNode) -> None:
         state = self._nodes[node_id]
@@ -139,12 +158,12 @@ class DagWorkflow:
         order: list[str] = self._definition["order"]
         while True:
             self._changed = False
-            if self._failed_node is None:
+            if self._failed_node is None and not self._paused:
                 for node_id in order:
                     state = self._nodes[node_id]
                     if state.status == "pending" and self._dependencies_finished(node_id):
                         self._decide(node_id)
-            if not self._tasks:
+            if not self._tasks and not self._paused:
                 return
             remaining = None if deadline is None else max((deadline - workflow.now()).total_seconds(), 0.001)
             try:
@@ -165,8 +184,12 @@ class DagWorkflow:
         return workflow.info().start_time + timedelta(seconds=timeout)
 
     def _dependencies_finished(self, node_id: str) -> bool:
-        deps = self._definition["nodes"][node_id]["deps"]
-        return all(self._nodes[dep].status in TERMINAL_STATUSES for dep in deps)
+        node = self._definition["nodes"][node_id]
+        early = node.get("ready_when_overdue") or ()
+        return all(
+            self._nodes[dep].status in TERMINAL_STATUSES or (dep in early and self._nodes[dep].overdue)
+            for dep in node["deps"]
+        )
 
     def _decide(self, node_id: str) -> None:
         """Skip the node or start it, by the default rule and its `when`."""
@@ -371,7 +394,145 @@ class DagWorkflow:
         return result
 
     async def _await_approval(self, node: dict, context: dict, index: int | None) -> Any:
-        raise NodeFailure(f"node '{node['id']}': approval nodes are not supported by this worker version")
+        params = node["variants"][0]["params"]
+        now = workflow.now()
+        timeout = params.get("timeout")
+        remind_after = params.get("remind_after")
+        waiting = PendingApproval(
+            node=node["id"],
+            index=index,
+            prompt=str(render_value(params["prompt"], context)),
+            assignees=list(params.get("assignees") or []),
+            form=params.get("form"),
+            waiting_since=now.isoformat(),
+            remind_at=(now + timedelta(seconds=remind_after)).isoformat() if remind_after else None,
+            timeout_at=(now + timedelta(seconds=timeout)).isoformat() if timeout else None,
+        )
+        key = waiting.key()
+        self._approvals[key] = waiting
+        state = self._nodes[node["id"]]
+        if index is None:
+            state.status = "waiting"
+        state.waiting_for = self._approval_hint(key, node["id"], index)
+        self._refresh_dag_status()
+        try:
+            decided = await self._wait_for_decision(waiting, timeout, remind_after)
+        finally:
+            if index is None and state.status == "waiting":
+                state.status = "running"
+            state.overdue = any(p.overdue and p.decision is None for p in self._approvals.values()
+                                if p.node == node["id"])
+            state.waiting_for = None
+            self._refresh_dag_status()
+        if decided:
+            return waiting.decision
+        waiting.decision = timeout_output(params.get("on_timeout", "reject"), workflow.now().isoformat())
+        if params.get("on_timeout") == "fail":
+            raise NodeFailure(f"approval '{key}' timed out after {timeout:g}s with no decision (on_timeout: fail)")
+        return waiting.decision
+
+    async def _wait_for_decision(self, waiting: PendingApproval, timeout: float | None,
+                                 remind_after: float | None) -> bool:
+        """Wait for the decision; mark the approval overdue at `remind_after`. False on timeout."""
+        started = workflow.now()
+        if remind_after and (timeout is None or remind_after < timeout):
+            try:
+                await workflow.wait_condition(lambda: waiting.decision is not None, timeout=remind_after,
+                                              timeout_summary=f"{waiting.key()}: remind")
+                return True
+            except asyncio.TimeoutError:
+                waiting.overdue = True
+                self._nodes[waiting.node].overdue = True
+                self._changed = True
+                self._refresh_dag_status()
+        remaining = None
+        if timeout is not None:
+            remaining = max(timeout - (workflow.now() - started).total_seconds(), 0.001)
+        try:
+            await workflow.wait_condition(lambda: waiting.decision is not None, timeout=remaining,
+                                          timeout_summary=f"{waiting.key()}: timeout")
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _approval_hint(self, key: str, node_id: str, index: int | None) -> str:
+        run = workflow.info().workflow_id
+        target = f"{run} {node_id}" + ("" if index is None else f" --index {index}")
+        return f"waiting for approval: dagwright approve {target}  (or: dagwright reject {target})"
+
+    def _refresh_dag_status(self) -> None:
+        if self._status != "running" and self._status not in ("waiting_approval", "paused"):
+            return
+        if self._paused:
+            self._set_status("paused")
+        elif any(p.decision is None for p in self._approvals.values()):
+            self._set_status("waiting_approval")
+        else:
+            self._set_status("running")
+
+    # ------------------------------------------------------------ messages
+
+    @workflow.update(name=DECIDE_UPDATE)
+    def decide(self, decision: ApprovalDecision) -> dict[str, Any]:
+        """Record a human decision on a waiting approval and return the node's output."""
+        # Validators of two racing updates can both pass before either handler runs, so
+        # the handler checks again; the loser gets an error, the winner the decision.
+        try:
+            waiting = self._check(decision)
+        except DecisionRejected as exc:
+            raise ApplicationError(f"decision lost: {exc}", type="DecisionRejected", non_retryable=True) from None
+        waiting.decision = decision_output(decision, workflow.now().isoformat())
+        self._changed = True
+        workflow.logger.info("approval decided", extra={"node_id": decision.node, "decision": decision.decision})
+        return waiting.decision
+
+    @decide.validator
+    def validate_decide(self, decision: ApprovalDecision) -> None:
+        try:
+            self._check(decision)
+        except DecisionRejected as exc:
+            raise ApplicationError(str(exc), type="DecisionRejected", non_retryable=True) from None
+
+    def _check(self, decision: ApprovalDecision) -> PendingApproval:
+        approval_nodes = {
+            node_id: node["variants"][0]["params"]
+            for node_id, node in self._definition.get("nodes", {}).items()
+            if node["type"] == "approval"
+        }
+        return check_decision(
+            decision,
+            approval_nodes=approval_nodes,
+            node_status={node_id: state.status for node_id, state in self._nodes.items()},
+            pending=self._approvals,
+        )
+
+    @workflow.signal(name=PAUSE_SIGNAL)
+    def pause(self, request: ControlRequest) -> None:
+        """Stop starting new nodes; running nodes finish."""
+        self._control_log.append({"action": "pause", "by": request.by, "reason": request.reason,
+                                  "at": workflow.now().isoformat()})
+        self._paused = True
+        self._changed = True
+        self._refresh_dag_status()
+
+    @workflow.signal(name=RESUME_SIGNAL)
+    def resume(self, request: ControlRequest) -> None:
+        """Start scheduling nodes again after a pause."""
+        self._control_log.append({"action": "resume", "by": request.by, "reason": request.reason,
+                                  "at": workflow.now().isoformat()})
+        self._paused = False
+        self._changed = True
+        self._refresh_dag_status()
+
+    @workflow.query
+    def approvals(self) -> list[dict[str, Any]]:
+        """Return the approvals waiting for a decision."""
+        return [p.listing() for key, p in sorted(self._approvals.items()) if p.decision is None]
+
+    @workflow.query
+    def snapshot(self) -> dict[str, Any]:
+        """Return every node's status, full output and error, for `dagwright rerun`."""
+        return {node_id: state.view() for node_id, state in self._nodes.items()}
 
     async def _wait_until_resumed(self) -> None:
         if self._paused:
@@ -412,22 +573,33 @@ class DagWorkflow:
         async def run_item(position: int) -> None:
             results[position] = await self._run_once(node, items[position], offset + position)
 
-        while (next_item < len(items) and failure is None) or running:
-            while next_item < len(items) and len(running) < limit and failure is None:
-                running[next_item] = asyncio.create_task(run_item(next_item))
-                next_item += 1
-            done, _ = await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
-            for position in sorted(p for p, task in running.items() if task in done):
-                task = running.pop(position)
-                error = task.exception()
-                if error is None:
-                    state.items_done += 1
-                    continue
-                state.items_failed += 1
-                if failure is None:
-                    failure = error if isinstance(error, NodeFailure) else NodeFailure(str(error))
-                    for other in sorted(running):
-                        running[other].cancel()
+        try:
+            while (next_item < len(items) and failure is None) or running:
+                while next_item < len(items) and len(running) < limit and failure is None:
+                    running[next_item] = asyncio.create_task(run_item(next_item))
+                    next_item += 1
+                done, _ = await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+                for position in sorted(p for p, task in running.items() if task in done):
+                    task = running.pop(position)
+                    # Items cancelled below after the first failure end here without an outcome.
+                    if task.cancelled():
+                        continue
+                    error = task.exception()
+                    if error is None:
+                        state.items_done += 1
+                        continue
+                    state.items_failed += 1
+                    if failure is None:
+                        failure = error if isinstance(error, NodeFailure) else NodeFailure(str(error))
+                        for other in sorted(running):
+                            running[other].cancel()
+        except asyncio.CancelledError:
+            # The node itself was cancelled (another node failed, or the run timed out).
+            # Cancelling a waiter does not cancel what it waits on, so stop the items here.
+            for other in sorted(running):
+                running[other].cancel()
+            await asyncio.gather(*(running[other] for other in sorted(running)), return_exceptions=True)
+            raise
         if failure is not None:
             raise failure
         return results
