@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import typer
 
+from dagwright.cli import control as _control
 from dagwright.cli import run as _run
 from dagwright.cli import runs as _runs
 from dagwright.cli import validate as _validate
@@ -25,6 +30,12 @@ app.command()(_runs.status)
 app.command()(_runs.result)
 app.command("list")(_runs.list_runs)
 app.command()(_runs.cancel)
+app.command()(_control.approvals)
+app.command()(_control.approve)
+app.command()(_control.reject)
+app.command()(_control.pause)
+app.command()(_control.resume)
+app.command()(_control.rerun)
 app.add_typer(server_app, name="server")
 
 
@@ -37,4 +48,18 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """Run the CLI and exit without interpreter finalization.
+
+    The Temporal client's native runtime threads can still call back into Python
+    while the interpreter finalizes after an RPC error, which aborts the process
+    (seen with temporalio 1.35). Output is flushed first, then the process exits.
+    """
+    try:
+        app()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

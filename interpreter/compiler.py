@@ -205,6 +205,14 @@ def _check_version(context: _Context, data: dict) -> bool:
         )
         return "nodes" in data
     version = data["dagwright"]
+    if isinstance(version, str) and version.strip() == str(models.LANGUAGE_VERSION):
+        context.error(
+            ("dagwright",),
+            f"the language version must be a number, not the string {version!r}",
+            "invalid-value",
+            hint=f"Write `dagwright: {models.LANGUAGE_VERSION}` without quotes.",
+        )
+        return False
     if version != models.LANGUAGE_VERSION or isinstance(version, bool):
         context.error(
             ("dagwright",),
@@ -880,6 +888,24 @@ def node_order(nodes: dict, ids: list[str], position: dict[str, int] | None = No
 
 def definition_hash(definition: dict[str, Any]) -> str:
     """Return a content hash that ignores file paths, line numbers, comments and formatting."""
-    content = {key: value for key, value in definition.items() if key not in ("hash", "source")}
+    content = _without_source(definition)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _without_source(definition: dict[str, Any]) -> dict[str, Any]:
+    """Return the definition without `hash` and `source`, also in embedded child definitions,
+    whose `source` holds the child's path as the parent was given and its line numbers."""
+    content = {key: value for key, value in definition.items() if key not in ("hash", "source")}
+    nodes = {}
+    for node_id, node in content.get("nodes", {}).items():
+        variants = []
+        for variant in node.get("variants", []):
+            child = variant.get("params", {}).get("definition")
+            if isinstance(child, dict):
+                params = {**variant["params"], "definition": _without_source(child)}
+                variant = {**variant, "params": params}
+            variants.append(variant)
+        nodes[node_id] = {**node, "variants": variants}
+    content["nodes"] = nodes
+    return content
