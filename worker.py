@@ -43,6 +43,8 @@ PASSTHROUGH_MODULES = (
     "dagwright.interpreter.state",
     "dagwright.interpreter.inputs",
     "dagwright.interpreter.secrets_view",
+    "dagwright.interpreter.approvals",
+    "dagwright.interpreter.budget",
 )
 
 

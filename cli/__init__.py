@@ -36,6 +36,7 @@ app.command()(_control.reject)
 app.command()(_control.pause)
 app.command()(_control.resume)
 app.command()(_control.rerun)
+app.command("raise-budget")(_control.raise_budget)
 app.add_typer(server_app, name="server")
 
 

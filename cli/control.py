@@ -23,7 +23,7 @@ from dagwright.interpreter.approvals import (
     ApprovalDecision,
     ControlRequest,
 )
-from dagwright.interpreter.run_types import RunRequest
+from dagwright.interpreter.run_types import BudgetIncrease, RunRequest
 from dagwright.interpreter.rerun import plan_rerun
 from dagwright.worker import WorkerOptions, build_worker
 
@@ -238,3 +238,29 @@ async def _recorded_run(client: Client, handle: WorkflowHandle) -> tuple[RunRequ
     except RPCError as exc:
         fail(f"cannot read the node results of run '{handle.id}': {exc.message}")
     return request, snapshot
+
+
+def raise_budget(
+    run_id: str = typer.Argument(..., help="The run's workflow id.", show_default=False),
+    max_cost_usd: Optional[float] = typer.Option(None, "--max-cost-usd", help="New cost limit in US dollars."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New token limit."),
+    comment: Optional[str] = typer.Option(None, "--comment", help="Recorded in the run's history."),
+    by: Optional[str] = typer.Option(None, "--by", help="Who raises it (default: the current user)."),
+) -> None:
+    """Raise the budget of a run that waits because its next LLM call could exceed it."""
+    increase = BudgetIncrease(max_cost_usd=max_cost_usd, max_tokens=max_tokens, comment=comment,
+                              by=by or _default_user())
+    raise typer.Exit(asyncio.run(_raise_budget(run_id, increase)))
+
+
+async def _raise_budget(run_id: str, increase: BudgetIncrease) -> int:
+    client = await client_for_cli()
+    try:
+        budget = await client.get_workflow_handle(run_id).execute_update("raise_budget", increase, result_type=dict)
+    except WorkflowUpdateFailedError as exc:
+        typer.echo(f"error: {getattr(exc.cause, 'message', None) or exc}", err=True)
+        return EXIT_FAILED
+    except RPCError as exc:
+        fail(_closed_message(exc, run_id))
+    typer.echo(f"budget of run {run_id} is now {json.dumps(budget)}")
+    return EXIT_OK

@@ -78,6 +78,8 @@ class _Context:
         if position is None:
             position = source_map.nearest(path)
         field_name = str(path[-1]) if path and isinstance(path[-1], str) else None
+        if len(path) == 2 and path[0] == "nodes":
+            field_name = None  # the path names the node itself, not one of its fields
         self.diagnostics.append(
             Diagnostic(
                 file=self.document.path,

@@ -35,6 +35,17 @@ class BatchSpec(BaseModel):
     offset: int
 
 
+class BudgetIncrease(BaseModel):
+    """The argument of the `raise_budget` update."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost_usd: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    by: str | None = None
+    comment: str | None = None
+
+
 class RunRequest(BaseModel):
     """The input of `DagWorkflow`.
 

@@ -33,11 +33,11 @@ with workflow.unsafe.imports_passed_through():
         ControlRequest,
         DecisionRejected,
         PendingApproval,
-        approval_key,
         check_decision,
         decision_output,
         timeout_output,
     )
+    from dagwright.interpreter.budget import UsageLedger, budget_problem
     from dagwright.interpreter.expressions import (
         ExpressionError,
         build_context,
@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         TERMINAL_STATUSES,
         WORKFLOW_TYPE,
         BatchSpec,
+        BudgetIncrease,
         ReusedNode,
         RunRequest,
         RunResult,
@@ -73,9 +74,11 @@ STATUS_KEY = SearchAttributeKey.for_keyword("DagwrightStatus")
 class NodeFailure(Exception):
     """A node failed after its retries and fallbacks; `message` is the user-facing cause."""
 
-    def __init__(self, message: str, *, attempt: int = 0, failed_variants: list[dict] | None = None):
+    def __init__(self, message: str, *, attempt: int = 0, failed_variants: list[dict] | None = None,
+                 fatal: bool = False):
         super().__init__(message)
         self.message = message
+        self.fatal = fatal
         self.attempt = attempt
         self.failed_variants = failed_variants or []
 
@@ -103,6 +106,9 @@ class DagWorkflow:
         self._run_started_at = ""
         self._control_log: list[dict[str, Any]] = []
         self._approvals: dict[str, PendingApproval] = {}
+        self._ledger = UsageLedger()
+        self._budget: dict[str, Any] = {}
+        self._budget_request: dict[str, Any] | None = None
         self._start(request)
 
     # ------------------------------------------------------------ run
@@ -129,7 +135,8 @@ class DagWorkflow:
         self._outputs = outputs
         self._set_status("succeeded")
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return RunResult(outputs=outputs, nodes={node_id: state.summary() for node_id, state in self._nodes.items()})
+        return RunResult(outputs=outputs, nodes={node_id: state.summary() for node_id, state in self._nodes.items()},
+                         usage=self._ledger.summary())
 
     def _start(self, request: RunRequest) -> None:
         self._definition = request.definition
@@ -138,6 +145,7 @@ class DagWorkflow:
         self._run_started_at = workflow.info().start_time.astimezone(timezone.utc).isoformat()
         limits = self._definition.get("limits") or {}
         self._slots = asyncio.Semaphore(int(limits.get("max_parallel") or 10))
+        self._budget = dict(limits.get("budget") or {})
         for node_id, node in self._definition["nodes"].items():
             self._nodes[node_id] = NodeState(node_type=node["type"])
         for node_id, reused in request.reuse.items():
@@ -224,7 +232,7 @@ class DagWorkflow:
         except NodeFailure as failure:
             state.attempt = max(state.attempt, failure.attempt)
             state.attempts = failure.failed_variants
-            self._finish_failed(node_id, failure.message)
+            self._finish_failed(node_id, failure.message, fatal=failure.fatal)
         except asyncio.CancelledError:
             state.status = "cancelled"
             state.ended_at = workflow.now().isoformat()
@@ -237,14 +245,14 @@ class DagWorkflow:
             self._tasks.pop(node_id, None)
             self._changed = True
 
-    def _finish_failed(self, node_id: str, message: str) -> None:
+    def _finish_failed(self, node_id: str, message: str, *, fatal: bool = False) -> None:
         state = self._nodes[node_id]
         state.status = "failed"
         state.error = message
         state.ended_at = workflow.now().isoformat()
         self._changed = True
         node = self._definition["nodes"][node_id]
-        if node.get("on_error", "fail") == "fail" and self._failed_node is None:
+        if (fatal or node.get("on_error", "fail") == "fail") and self._failed_node is None:
             self._failed_node = node_id
             self._error = message
             workflow.logger.info("node failed; cancelling running nodes", extra={"node_id": node_id})
@@ -319,6 +327,8 @@ class DagWorkflow:
                 index=index, timeout=variant["timeout"],
             )
             await self._wait_until_resumed()
+            if node["type"] in ("llm", "embed"):
+                await self._check_budget(node, request, index)
             assert self._slots is not None
             async with self._slots:
                 try:
@@ -345,6 +355,8 @@ class DagWorkflow:
             if number and index is None:
                 self._nodes[node["id"]].variant = number
             output = envelope.get("output")
+            if node["type"] in ("llm", "embed"):
+                self._ledger.record(output)
             if number and isinstance(output, dict):
                 output = {**output, "variant": number, "failed_variants": failed}
             return output
@@ -353,6 +365,23 @@ class DagWorkflow:
     def _record_attempt(self, node_id: str, index: int | None, attempt: int) -> None:
         state = self._nodes[node_id]
         state.attempt = max(state.attempt, attempt) if index is not None else attempt
+
+    async def _check_budget(self, node: dict, request: dict, index: int | None) -> None:
+        """Stop before a call that could exceed `limits.budget`: fail the run, or wait for a raise."""
+        while (problem := budget_problem(self._budget, self._ledger, request)) is not None:
+            label = f"node '{node['id']}'{_item_label(index)}"
+            if self._budget.get("on_exceed", "fail") != "approval":
+                raise NodeFailure(f"budget exceeded before {label}: {problem}", fatal=True)
+            self._budget_request = {"node": node["id"], "index": index, "reason": problem,
+                                    "since": workflow.now().isoformat(), "budget": dict(self._budget)}
+            self._nodes[node["id"]].waiting_for = (
+                f"waiting for a budget increase: dagwright raise-budget {workflow.info().workflow_id}"
+                " --max-cost-usd N --max-tokens N"
+            )
+            self._refresh_dag_status()
+            await workflow.wait_condition(lambda: self._budget_request is None)
+            self._nodes[node["id"]].waiting_for = None
+            self._refresh_dag_status()
 
     async def _wait(self, node: dict, context: dict, index: int | None) -> dict:
         params = node["variants"][0]["params"]
@@ -465,7 +494,7 @@ class DagWorkflow:
             return
         if self._paused:
             self._set_status("paused")
-        elif any(p.decision is None for p in self._approvals.values()):
+        elif self._budget_request is not None or any(p.decision is None for p in self._approvals.values()):
             self._set_status("waiting_approval")
         else:
             self._set_status("running")
@@ -505,6 +534,37 @@ class DagWorkflow:
             node_status={node_id: state.status for node_id, state in self._nodes.items()},
             pending=self._approvals,
         )
+
+    @workflow.update(name="raise_budget")
+    def raise_budget(self, increase: BudgetIncrease) -> dict[str, Any]:
+        """Raise `limits.budget` for this run and let the waiting LLM call continue."""
+        self._check_increase(increase)
+        if increase.max_tokens is not None:
+            self._budget["max_tokens"] = increase.max_tokens
+        if increase.max_cost_usd is not None:
+            self._budget["max_cost_usd"] = increase.max_cost_usd
+        self._control_log.append({"action": "raise_budget", "by": increase.by, "reason": increase.comment,
+                                  "at": workflow.now().isoformat(), "budget": dict(self._budget)})
+        self._budget_request = None
+        self._changed = True
+        return dict(self._budget)
+
+    @raise_budget.validator
+    def validate_raise_budget(self, increase: BudgetIncrease) -> None:
+        self._check_increase(increase)
+
+    def _check_increase(self, increase: BudgetIncrease) -> None:
+        if self._budget_request is None:
+            raise ApplicationError("the run is not waiting for a budget increase", type="DecisionRejected",
+                                   non_retryable=True)
+        if increase.max_tokens is None and increase.max_cost_usd is None:
+            raise ApplicationError("give a new max_tokens or max_cost_usd", type="DecisionRejected",
+                                   non_retryable=True)
+        for key, value in (("max_tokens", increase.max_tokens), ("max_cost_usd", increase.max_cost_usd)):
+            current = self._budget.get(key)
+            if value is not None and current is not None and value <= current:
+                raise ApplicationError(f"the new {key} {value} is not above the current {current}",
+                                       type="DecisionRejected", non_retryable=True)
 
     @workflow.signal(name=PAUSE_SIGNAL)
     def pause(self, request: ControlRequest) -> None:
@@ -656,6 +716,9 @@ class DagWorkflow:
             "nodes": {node_id: state.summary() for node_id, state in self._nodes.items()},
             "outputs": self._outputs,
             "control": self._control_log,
+            "usage": self._ledger.summary(),
+            "budget": self._budget or None,
+            "budget_request": self._budget_request,
         }
 
 

@@ -1,0 +1,111 @@
+"""Token and cost accounting for a run, and the `limits.budget` check before LLM calls."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Without `max_tokens` on the node, a call is assumed to produce at most this many tokens
+# when deciding whether it could exceed the budget.
+DEFAULT_COMPLETION_ESTIMATE = 1024
+# Rough size of a token in characters for prompt estimates (English text with Mistral's
+# tokenizer is close to 4); only used to decide whether a call could exceed the budget.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class ModelUsage:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    input_price: float | None = None
+    output_price: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
+        }
+
+
+@dataclass
+class UsageLedger:
+    """Running totals by model; a cost stays null once any call of that model had no price."""
+
+    by_model: dict[str, ModelUsage] = field(default_factory=dict)
+
+    def record(self, output: Any) -> None:
+        if not isinstance(output, dict) or not isinstance(output.get("usage"), dict):
+            return
+        model = str(output.get("model") or "unknown")
+        entry = self.by_model.setdefault(model, ModelUsage())
+        usage = output["usage"]
+        entry.calls += 1
+        entry.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        entry.completion_tokens += int(usage.get("completion_tokens") or 0)
+        cost = output.get("cost_usd")
+        entry.cost_usd = None if cost is None or entry.cost_usd is None else entry.cost_usd + float(cost)
+        price = output.get("price")
+        if isinstance(price, dict):
+            entry.input_price = price.get("input_per_million")
+            entry.output_price = price.get("output_per_million")
+
+    def total_tokens(self) -> int:
+        return sum(entry.prompt_tokens + entry.completion_tokens for entry in self.by_model.values())
+
+    def total_cost(self) -> float | None:
+        costs = [entry.cost_usd for entry in self.by_model.values()]
+        if any(cost is None for cost in costs):
+            return None
+        return sum(costs)  # type: ignore[arg-type]
+
+    def summary(self) -> dict[str, Any]:
+        cost = self.total_cost()
+        return {
+            "total_tokens": self.total_tokens(),
+            "cost_usd": None if cost is None else round(cost, 8),
+            "by_model": {model: entry.as_dict() for model, entry in sorted(self.by_model.items())},
+        }
+
+
+def estimate_call(request: dict[str, Any]) -> tuple[int, int]:
+    """Return (prompt, completion) token estimates for an llm or embed request."""
+    parts = [request.get("prompt"), request.get("system"), request.get("messages"), request.get("input")]
+    text = json.dumps([part for part in parts if part is not None], ensure_ascii=False)
+    prompt = math.ceil(len(text) / CHARS_PER_TOKEN)
+    completion = 0 if "input" in request else int(request.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE)
+    return prompt, completion
+
+
+def budget_problem(budget: dict[str, Any] | None, ledger: UsageLedger, request: dict[str, Any]) -> str | None:
+    """Return why the next call could exceed the budget, or None when it fits."""
+    if not budget:
+        return None
+    prompt, completion = estimate_call(request)
+    max_tokens = budget.get("max_tokens")
+    used_tokens = ledger.total_tokens()
+    if max_tokens is not None and used_tokens + prompt + completion > max_tokens:
+        return (
+            f"the run has used {used_tokens} tokens and the next call could use up to {prompt + completion}"
+            f" more, over limits.budget.max_tokens = {max_tokens}"
+        )
+    max_cost = budget.get("max_cost_usd")
+    used_cost = ledger.total_cost()
+    if max_cost is None or used_cost is None:
+        return None
+    entry = ledger.by_model.get(str(request.get("model")))
+    next_cost = 0.0
+    if entry is not None and entry.input_price is not None and entry.output_price is not None:
+        next_cost = (prompt * entry.input_price + completion * entry.output_price) / 1_000_000
+    if used_cost + next_cost > max_cost:
+        return (
+            f"the run has spent ${used_cost:.4f} and the next call could cost about ${next_cost:.4f},"
+            f" over limits.budget.max_cost_usd = {max_cost}"
+        )
+    return None
