@@ -24,6 +24,7 @@ app = typer.Typer(
 app.command()(_validate.validate)
 app.command()(_validate.graph)
 app.command()(_validate.schema)
+app.command("compile")(_validate.compile_command)
 app.command()(_run.run)
 app.command()(_run.worker)
 app.command()(_runs.status)

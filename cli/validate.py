@@ -76,3 +76,13 @@ def graph(
 def schema() -> None:
     """Print the JSON Schema of workflow files, for editors and CI checks."""
     typer.echo(json.dumps(language_json_schema(), indent=2))
+
+
+def compile_command(
+    file: Path = typer.Argument(..., help="Workflow file.", show_default=False),
+    config: Optional[str] = ConfigOption,
+    tools: Optional[list[str]] = ToolsOption,
+) -> None:
+    """Print the compiled definition as JSON, as a run receives it."""
+    registry = load_tools(settings_for(file, config), tools)
+    typer.echo(json.dumps(compile_or_exit(str(file), registry), indent=2, ensure_ascii=False))
