@@ -45,6 +45,7 @@ PASSTHROUGH_MODULES = (
     "dagwright.interpreter.secrets_view",
     "dagwright.interpreter.approvals",
     "dagwright.interpreter.budget",
+    "dagwright.interpreter.metrics",
 )
 
 

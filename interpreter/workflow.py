@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         timeout_output,
     )
     from dagwright.interpreter.budget import UsageLedger, budget_problem
+    from dagwright.interpreter.metrics import RunMetrics
     from dagwright.interpreter.expressions import (
         ExpressionError,
         build_context,
@@ -109,12 +110,14 @@ class DagWorkflow:
         self._ledger = UsageLedger()
         self._budget: dict[str, Any] = {}
         self._budget_request: dict[str, Any] | None = None
+        self._metrics: RunMetrics | None = None
         self._start(request)
 
     # ------------------------------------------------------------ run
 
     @workflow.run
     async def run(self, request: RunRequest) -> RunResult:
+        self._metrics = RunMetrics(self._definition.get("name") or "unknown")
         self._set_status("running")
         try:
             if request.batch is not None:
@@ -216,6 +219,7 @@ class DagWorkflow:
         if not run:
             self._nodes[node_id].status = "skipped"
             self._changed = True
+            self._record_outcome(node_id)
             return
         self._nodes[node_id].status = "running"
         self._nodes[node_id].started_at = workflow.now().isoformat()
@@ -236,11 +240,13 @@ class DagWorkflow:
         except asyncio.CancelledError:
             state.status = "cancelled"
             state.ended_at = workflow.now().isoformat()
+            self._record_outcome(node_id)
             raise
         else:
             state.status = "succeeded"
             state.output = output
             state.ended_at = workflow.now().isoformat()
+            self._record_outcome(node_id)
         finally:
             self._tasks.pop(node_id, None)
             self._changed = True
@@ -251,6 +257,7 @@ class DagWorkflow:
         state.error = message
         state.ended_at = workflow.now().isoformat()
         self._changed = True
+        self._record_outcome(node_id)
         node = self._definition["nodes"][node_id]
         if (fatal or node.get("on_error", "fail") == "fail") and self._failed_node is None:
             self._failed_node = node_id
@@ -259,6 +266,11 @@ class DagWorkflow:
             for other in sorted(self._tasks):
                 if other != node_id:
                     self._tasks[other].cancel()
+
+    def _record_outcome(self, node_id: str) -> None:
+        if self._metrics is not None:
+            state = self._nodes[node_id]
+            self._metrics.node_finished(state.node_type, state.status, state.started_at)
 
     async def _cancel_running(self, reason: str) -> None:
         running = [self._tasks[node_id] for node_id in sorted(self._tasks)]
@@ -439,14 +451,20 @@ class DagWorkflow:
         )
         key = waiting.key()
         self._approvals[key] = waiting
+        if self._metrics is not None:
+            self._metrics.approval_opened()
         state = self._nodes[node["id"]]
         if index is None:
             state.status = "waiting"
         state.waiting_for = self._approval_hint(key, node["id"], index)
         self._refresh_dag_status()
+        closed_as = "cancelled"
         try:
             decided = await self._wait_for_decision(waiting, timeout, remind_after)
+            closed_as = waiting.decision["decision"] if decided and waiting.decision else "timed_out"
         finally:
+            if self._metrics is not None:
+                self._metrics.approval_closed(closed_as)
             if index is None and state.status == "waiting":
                 state.status = "running"
             state.overdue = any(p.overdue and p.decision is None for p in self._approvals.values()
