@@ -896,8 +896,11 @@ def definition_hash(definition: dict[str, Any]) -> str:
 
 
 def _without_source(definition: dict[str, Any]) -> dict[str, Any]:
-    """Return the definition without `hash` and `source`, also in embedded child definitions,
-    whose `source` holds the child's path as the parent was given and its line numbers."""
+    """Return the definition without `hash` and `source`, also in embedded child definitions.
+
+    A child's `source` contains its path as the parent was given it and its line numbers,
+    so it would make the parent's hash depend on the working directory and on comments.
+    """
     content = {key: value for key, value in definition.items() if key not in ("hash", "source")}
     nodes = {}
     for node_id, node in content.get("nodes", {}).items():

@@ -80,8 +80,8 @@ class ExpressionChecker:
             analysis = analyze_expression(source) if bare else analyze_template(source)
         except RecursionError:
             # NOTE: Jinja's lexer and parser recurse once per nesting level, and the
-            # expressions module lets the RecursionError through; stop it here so a
-            # pathological expression is a diagnostic, not a crash.
+            # expressions module lets the RecursionError through. Catching it here turns
+            # a pathological expression into a diagnostic instead of a crash.
             self._report(path, f"expression in {self._where(path, node)} is nested too deeply to parse",
                          "expression-syntax", node=node,
                          hint="Split it into several transform nodes.")
