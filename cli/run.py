@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -26,6 +25,7 @@ from dagwright.cli.connect import Target, TemporalSetupError, connect, ensure_se
 from dagwright.cli.live import LiveView
 from dagwright.cli.server import search_attribute_keys
 from dagwright.config import Settings
+from dagwright.interpreter.loader import LoadError, load_file
 from dagwright.interpreter.inputs import InputError, parse_input_value, validate_inputs
 from dagwright.interpreter.run_types import WORKFLOW_TYPE, RunRequest
 from dagwright.worker import WorkerOptions, build_worker, run_worker
@@ -71,10 +71,11 @@ def _collect_inputs(definition: dict, pairs: list[str], input_file: Path | None)
     declared = definition["inputs"]
     given: dict[str, Any] = {}
     if input_file is not None:
+        # The workflow loader reads input files too, so they follow the same YAML 1.2 rules.
         try:
-            loaded = yaml.safe_load(input_file.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            fail(f"cannot read inputs from {input_file}: {exc}", EXIT_USAGE)
+            loaded = load_file(input_file).data
+        except LoadError as exc:
+            fail("; ".join(diagnostic.format() for diagnostic in exc.diagnostics), EXIT_USAGE)
         if not isinstance(loaded, dict):
             fail(f"{input_file} must contain a mapping of input names to values", EXIT_USAGE)
         given.update(loaded)

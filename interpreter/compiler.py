@@ -560,7 +560,8 @@ def _http_params(params: dict, node: models.HttpNode) -> None:
         params["expect_status"] = [status]
     key = params.get("idempotency_key")
     if key is None:
-        params["idempotency_key"] = params["method"] != "GET"
+        # Safe methods are not retried with side effects, so they carry no key by default.
+        params["idempotency_key"] = params["method"] not in ("GET", "HEAD", "OPTIONS")
 
 
 def _model_params(context, node_id, path, node, params, defaults) -> dict | None:
@@ -770,9 +771,10 @@ def _check_child_inputs(context: _Context, node_id: str, path: DataPath, given: 
 
 
 _OUTPUT_FIELDS = {
-    "http": ["status", "headers", "json", "text"],
-    "llm": ["text", "json", "model", "provider", "finish_reason", "usage", "cost_usd", "variant", "attempts"],
-    "embed": ["vectors", "model", "provider", "usage", "cost_usd", "variant", "attempts"],
+    "http": ["status", "headers", "json", "text", "variant", "failed_variants"],
+    "llm": ["text", "json", "model", "provider", "finish_reason", "usage", "cost_usd", "price", "repairs",
+            "variant", "failed_variants"],
+    "embed": ["vectors", "model", "provider", "usage", "cost_usd", "price", "variant", "failed_variants"],
     "approval": ["decision", "approved", "data", "comment", "by", "at"],
     "wait": ["waited_until"],
 }

@@ -141,7 +141,12 @@ class Message(_Strict):
     content: str
 
 
-HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+HttpMethod = Annotated[
+    Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    # The compiler upper-cases the method, so editors accept both spellings too.
+    WithJsonSchema({"type": "string", "enum": [*_METHODS, *(method.lower() for method in _METHODS)]}),
+]
 
 
 class HttpNode(NodeBase):
@@ -295,7 +300,8 @@ class Workflow(_Strict):
 
     dagwright: Literal[1]
     name: str = Field(pattern=WORKFLOW_NAME.pattern)
-    version: str | None = None
+    # An unquoted `version: 1.10` is a number to a YAML editor; the compiler keeps its text.
+    version: Annotated[str | None, WithJsonSchema({"type": ["string", "number", "null"]})] = None
     description: str | None = None
     inputs: dict[str, JsonSchema] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)

@@ -6,6 +6,7 @@ before the run starts, with the node, the field and the expression.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from dagwright.interpreter.expressions import (
 
 NODE_FIELDS = ("output", "status", "error")
 RUN_FIELDS = ("id", "workflow", "version", "started_at", "definition_hash")
+SECRET_NAME = re.compile(r"[A-Z0-9_]+")
 ROOTS = ("inputs", "nodes", "run", "item", "index", "result", "secrets")
 
 
@@ -136,8 +138,13 @@ class ExpressionChecker:
             elif root == "secrets":
                 if not rules.secrets:
                     error("secrets are not allowed", "secret-not-allowed",
-                          "Secrets may appear only in the url, headers, query and body of http nodes,"
+                          "Secrets may appear only in the url, headers, query, json, body and form of http nodes,"
                           " where the worker resolves them at call time.")
+                elif not reference.path or not SECRET_NAME.fullmatch(str(reference.path[0])):
+                    name = reference.path[0] if reference.path else ""
+                    error(f"invalid secret name '{name}'", "invalid-secret-name",
+                          "Secret names use upper-case letters, digits and '_', as in secrets.API_TOKEN;"
+                          " the worker reads them from DAGWRIGHT_SECRET_<NAME>.")
             else:
                 error(f"unknown name '{root}'", "unknown-reference",
                       did_you_mean(root, ROOTS) or f"Names in scope: {', '.join(ROOTS)}.")

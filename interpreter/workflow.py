@@ -425,7 +425,8 @@ class DagWorkflow:
                     request,
                     id=f"{info.workflow_id}/{node['id']}{suffix}",
                     task_queue=info.task_queue,
-                    execution_timeout=_seconds(node["variants"][0].get("timeout")),
+                    # A batch runs many items, so the node's per-attempt timeout does not bound it.
+                    execution_timeout=_seconds(node["variants"][0].get("timeout")) if kind == "child" else None,
                     static_summary=f"{node['id']}{suffix}: {kind} of {self._definition['name']}",
                     result_type=dict,
                 )
