@@ -11,16 +11,18 @@ import logging
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Sequence
+from typing import Any, Sequence
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from dagwright.activities.envelope import NodeEnvelopeInterceptor
+from dagwright.activities.llm.activity import LlmActivities
 from dagwright.activities.http import close_http_clients, http_request
 from dagwright.activities.python_tool import make_python_activity
 from dagwright.activities.tools import ToolRegistry, default_registry
+from dagwright.config import Settings
 from dagwright.interpreter.workflow import DagWorkflow
 
 logger = logging.getLogger(__name__)
@@ -65,18 +67,47 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
+class DagwrightWorker(Worker):
+    """A Temporal worker that also closes dagwright's provider clients when it shuts down."""
+
+    def __init__(self, client: Client, *, llm: LlmActivities, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._llm = llm
+
+    async def shutdown(self) -> None:
+        try:
+            await super().shutdown()
+        finally:
+            await self._llm.aclose()
+
+
 def build_worker(
     client: Client,
     options: WorkerOptions | None = None,
     *,
     registry: ToolRegistry | None = None,
+    settings: Settings | None = None,
+    llm: LlmActivities | None = None,
     extra_activities: Sequence = (),
-) -> Worker:
-    """Create a worker that serves `DagWorkflow` and the node activities on one task queue."""
+) -> DagwrightWorker:
+    """Create a worker that serves `DagWorkflow` and every node activity on one task queue.
+
+    Providers and prices come from `settings` (a dagwright.toml); without settings the
+    built-in `mistral` provider is configured from the environment.
+    """
     options = options or WorkerOptions()
-    activities = [http_request, make_python_activity(registry or default_registry), *extra_activities]
-    return Worker(
+    raw = settings.raw if settings is not None else {}
+    llm = llm or LlmActivities.from_config(raw)
+    activities = [
+        http_request,
+        make_python_activity(registry or default_registry),
+        llm.llm,
+        llm.embed,
+        *extra_activities,
+    ]
+    return DagwrightWorker(
         client,
+        llm=llm,
         task_queue=options.task_queue,
         workflows=[DagWorkflow],
         activities=activities,
@@ -86,6 +117,10 @@ def build_worker(
         max_concurrent_workflow_tasks=options.max_concurrent_workflow_tasks,
         max_cached_workflows=options.max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # A cancel request reaches an activity only in a heartbeat response, and the worker
+        # sends heartbeats at most this often; 2 s bounds how long a cancelled node runs on.
+        max_heartbeat_throttle_interval=timedelta(seconds=2),
+        default_heartbeat_throttle_interval=timedelta(seconds=2),
     )
 
 

@@ -199,7 +199,7 @@ def rerun(
 
 async def _rerun(run_id, from_node, new_id, settings, registry, *, detach, as_json, in_process_worker) -> int:
     client = await client_for_cli()
-    worker = build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry)
+    worker = build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry, settings=settings)
     async with worker:
         old = client.get_workflow_handle(run_id)
         request, snapshot = await _recorded_run(client, old)

@@ -102,7 +102,7 @@ async def _start_and_follow(request, workflow_id, settings, registry, *, detach,
     request.search_attributes = use_attributes
 
     worker_context = (
-        build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry)
+        build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry, settings=settings)
         if in_process_worker else contextlib.nullcontext()
     )
     async with worker_context:
@@ -263,4 +263,4 @@ async def _serve(settings: Settings, registry) -> None:
                             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks)
     typer.echo(f"worker polling task queue '{settings.task_queue}' on {target.describe()}; "
                f"tools: {', '.join(registry.names()) or 'none'}", err=True)
-    await run_worker(build_worker(client, options, registry=registry))
+    await run_worker(build_worker(client, options, registry=registry, settings=settings))

@@ -86,3 +86,18 @@ def compile_command(
     """Print the compiled definition as JSON, as a run receives it."""
     registry = load_tools(settings_for(file, config), tools)
     typer.echo(json.dumps(compile_or_exit(str(file), registry), indent=2, ensure_ascii=False))
+
+
+def llm_standin(
+    script: Optional[Path] = typer.Option(None, "--script", help="A YAML or JSON script of replies and failures."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(0, "--port", help="Port to bind (0 picks a free one)."),
+) -> None:
+    """Serve the stand-in LLM server (Mistral and OpenAI APIs) for testing without a key."""
+    from dagwright.testing.llm_server import serve
+
+    try:
+        serve(str(script) if script else None, host=host, port=port)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None

@@ -21,8 +21,6 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
-    input_price: float | None = None
-    output_price: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,11 +37,13 @@ class UsageLedger:
     """Running totals by model; a cost stays null once any call of that model had no price."""
 
     by_model: dict[str, ModelUsage] = field(default_factory=dict)
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def record(self, output: Any) -> None:
+    def record(self, output: Any, *, requested_model: str | None = None) -> None:
+        """Add one call's usage; `output` is an llm/embed output or a failure's details."""
         if not isinstance(output, dict) or not isinstance(output.get("usage"), dict):
             return
-        model = str(output.get("model") or "unknown")
+        model = str(output.get("model") or requested_model or "unknown")
         entry = self.by_model.setdefault(model, ModelUsage())
         usage = output["usage"]
         entry.calls += 1
@@ -53,8 +53,11 @@ class UsageLedger:
         entry.cost_usd = None if cost is None or entry.cost_usd is None else entry.cost_usd + float(cost)
         price = output.get("price")
         if isinstance(price, dict):
-            entry.input_price = price.get("input_per_million")
-            entry.output_price = price.get("output_per_million")
+            # Providers answer with a resolved model name (an alias becomes a dated name), and
+            # the budget check looks prices up by the name the node requested, so keep both.
+            for name in {model, requested_model or model}:
+                priced = self.prices.setdefault(name, {})
+                priced.update(price)
 
     def total_tokens(self) -> int:
         return sum(entry.prompt_tokens + entry.completion_tokens for entry in self.by_model.values())
@@ -99,10 +102,10 @@ def budget_problem(budget: dict[str, Any] | None, ledger: UsageLedger, request: 
     used_cost = ledger.total_cost()
     if max_cost is None or used_cost is None:
         return None
-    entry = ledger.by_model.get(str(request.get("model")))
+    price = ledger.prices.get(str(request.get("model"))) or {}
     next_cost = 0.0
-    if entry is not None and entry.input_price is not None and entry.output_price is not None:
-        next_cost = (prompt * entry.input_price + completion * entry.output_price) / 1_000_000
+    if price.get("input_per_million") is not None and price.get("output_per_million") is not None:
+        next_cost = (prompt * price["input_per_million"] + completion * price["output_per_million"]) / 1_000_000
     if used_cost + next_cost > max_cost:
         return (
             f"the run has spent ${used_cost:.4f} and the next call could cost about ${next_cost:.4f},"

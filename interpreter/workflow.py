@@ -358,6 +358,8 @@ class DagWorkflow:
                 except ActivityError as exc:
                     if isinstance(exc.cause, CancelledError):
                         raise asyncio.CancelledError() from exc
+                    if node["type"] in ("llm", "embed"):
+                        self._record_failed_usage(exc, request.get("model"))
                     attempt, cause = _describe_activity_error(exc, variant["retry"])
                     last_attempt = attempt
                     failed.append({"variant": number, "attempts": attempt, "error": cause})
@@ -368,11 +370,18 @@ class DagWorkflow:
                 self._nodes[node["id"]].variant = number
             output = envelope.get("output")
             if node["type"] in ("llm", "embed"):
-                self._ledger.record(output)
+                self._ledger.record(output, requested_model=request.get("model"))
             if number and isinstance(output, dict):
                 output = {**output, "variant": number, "failed_variants": failed}
             return output
         raise NodeFailure(_failure_message(node, index, failed), attempt=last_attempt, failed_variants=failed)
+
+    def _record_failed_usage(self, exc: ActivityError, model: str | None) -> None:
+        """Count the tokens of a failed LLM call (repairs that never validated still cost)."""
+        cause = exc.cause
+        for detail in cause.details if isinstance(cause, ApplicationError) else ():
+            if isinstance(detail, dict) and isinstance(detail.get("usage"), dict):
+                self._ledger.record(detail, requested_model=model)
 
     def _record_attempt(self, node_id: str, index: int | None, attempt: int) -> None:
         state = self._nodes[node_id]
