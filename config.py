@@ -13,9 +13,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 CONFIG_NAME = "dagwright.toml"
+STATE_DIR_ENV = "DAGWRIGHT_STATE_DIR"
 DEFAULT_TASK_QUEUE = "dagwright"
 
 
@@ -37,6 +38,17 @@ class Settings:
     @property
     def base_dir(self) -> Path:
         return self.path.parent if self.path else Path.cwd()
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Return $DAGWRIGHT_STATE_DIR, else $XDG_STATE_HOME/dagwright or ~/.local/state/dagwright."""
+    environ = os.environ if environ is None else environ
+    # Absolute, because the database path in the dev server's command line identifies it.
+    if environ.get(STATE_DIR_ENV):
+        return Path(environ[STATE_DIR_ENV]).expanduser().absolute()
+    xdg_state = environ.get("XDG_STATE_HOME")
+    base = Path(xdg_state).expanduser() if xdg_state else Path.home() / ".local" / "state"
+    return (base / "dagwright").absolute()
 
 
 def find_config(explicit: str | os.PathLike | None = None, *, near: str | os.PathLike | None = None) -> Path | None:

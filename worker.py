@@ -11,6 +11,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Sequence
 
 from temporalio.client import Client
@@ -22,7 +23,9 @@ from dagwright.activities.llm.activity import LlmActivities
 from dagwright.activities.http import close_http_clients, http_request
 from dagwright.activities.python_tool import make_python_activity
 from dagwright.activities.tools import ToolRegistry, default_registry
-from dagwright.config import Settings
+from dagwright.activities.sql import SqlActivities
+from dagwright.activities.sql_connections import SqlConnections
+from dagwright.config import Settings, state_dir
 from dagwright.interpreter.workflow import DagWorkflow
 
 logger = logging.getLogger(__name__)
@@ -70,15 +73,17 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 class DagwrightWorker(Worker):
     """A Temporal worker that also closes dagwright's provider clients when it shuts down."""
 
-    def __init__(self, client: Client, *, llm: LlmActivities, **kwargs: Any) -> None:
+    def __init__(self, client: Client, *, llm: LlmActivities, sql: SqlConnections, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self._llm = llm
+        self._sql = sql
 
     async def shutdown(self) -> None:
         try:
             await super().shutdown()
         finally:
             await self._llm.aclose()
+            await self._sql.close()
 
 
 def build_worker(
@@ -88,26 +93,36 @@ def build_worker(
     registry: ToolRegistry | None = None,
     settings: Settings | None = None,
     llm: LlmActivities | None = None,
+    sql: SqlConnections | None = None,
     extra_activities: Sequence = (),
 ) -> DagwrightWorker:
     """Create a worker that serves `DagWorkflow` and every node activity on one task queue.
 
-    Providers and prices come from `settings` (a dagwright.toml); without settings the
-    built-in `mistral` provider is configured from the environment.
+    Providers, prices and SQL connections come from `settings` (a dagwright.toml); without
+    settings the built-in `mistral` provider is configured from the environment.
+
+    Raises:
+        ConfigError: a provider or connection setting is invalid.
     """
     options = options or WorkerOptions()
     raw = settings.raw if settings is not None else {}
     llm = llm or LlmActivities.from_config(raw)
+    base_dir = settings.base_dir if settings is not None else Path.cwd()
+    sql = sql or SqlConnections.from_settings(raw, base_dir, state_dir=state_dir())
     activities = [
         http_request,
         make_python_activity(registry or default_registry),
         llm.llm,
         llm.embed,
+        # Registered even without connections, so a sql node fails with a clear
+        # "connection not configured" error instead of an unknown activity type.
+        SqlActivities(sql).sql,
         *extra_activities,
     ]
     return DagwrightWorker(
         client,
         llm=llm,
+        sql=sql,
         task_queue=options.task_queue,
         workflows=[DagWorkflow],
         activities=activities,

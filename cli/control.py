@@ -23,6 +23,7 @@ from dagwright.interpreter.approvals import (
     ApprovalDecision,
     ControlRequest,
 )
+from dagwright.config import ConfigError
 from dagwright.interpreter.run_types import BudgetIncrease, RunRequest
 from dagwright.interpreter.rerun import plan_rerun
 from dagwright.worker import WorkerOptions, build_worker
@@ -199,7 +200,11 @@ def rerun(
 
 async def _rerun(run_id, from_node, new_id, settings, registry, *, detach, as_json, in_process_worker) -> int:
     client = await client_for_cli()
-    worker = build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry, settings=settings)
+    try:
+        worker = build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry,
+                              settings=settings)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     async with worker:
         old = client.get_workflow_handle(run_id)
         request, snapshot = await _recorded_run(client, old)

@@ -24,7 +24,7 @@ from dagwright.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, compile_or_ex
 from dagwright.cli.connect import Target, TemporalSetupError, connect, ensure_server
 from dagwright.cli.live import LiveView
 from dagwright.cli.server import search_attribute_keys
-from dagwright.config import Settings
+from dagwright.config import ConfigError, Settings
 from dagwright.interpreter.loader import LoadError, load_file
 from dagwright.interpreter.inputs import InputError, parse_input_value, validate_inputs
 from dagwright.interpreter.run_types import WORKFLOW_TYPE, RunRequest
@@ -101,10 +101,13 @@ async def _start_and_follow(request, workflow_id, settings, registry, *, detach,
     use_attributes = await server_has_search_attributes(client)
     request.search_attributes = use_attributes
 
-    worker_context = (
-        build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry, settings=settings)
-        if in_process_worker else contextlib.nullcontext()
-    )
+    try:
+        worker_context = (
+            build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry, settings=settings)
+            if in_process_worker else contextlib.nullcontext()
+        )
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     async with worker_context:
         try:
             handle = await start_run(client, request, workflow_id, settings.task_queue, use_attributes)
@@ -263,4 +266,8 @@ async def _serve(settings: Settings, registry) -> None:
                             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks)
     typer.echo(f"worker polling task queue '{settings.task_queue}' on {target.describe()}; "
                f"tools: {', '.join(registry.names()) or 'none'}", err=True)
-    await run_worker(build_worker(client, options, registry=registry, settings=settings))
+    try:
+        worker = build_worker(client, options, registry=registry, settings=settings)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    await run_worker(worker)

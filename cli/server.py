@@ -45,6 +45,8 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RetryConfig, RPCError
 
+from dagwright import config
+from dagwright.config import state_dir
 from dagwright.cli.connect import (
     SOURCE_EMBEDDED,
     Target,
@@ -58,7 +60,7 @@ logger = logging.getLogger(__name__)
 SETTINGS_RESOURCE = "temporal-dev/dev-server.toml"
 PORT_ENV = "DAGWRIGHT_DEV_SERVER_PORT"
 UI_PORT_ENV = "DAGWRIGHT_DEV_SERVER_UI_PORT"
-STATE_DIR_ENV = "DAGWRIGHT_STATE_DIR"
+STATE_DIR_ENV = config.STATE_DIR_ENV
 
 # Exit code of `dagwright server status` when the server is not running (the LSB init-script
 # convention for "program is not running").
@@ -225,17 +227,6 @@ class StatePaths:
             state=root / "temporal-dev.json",
             lock=root / "temporal-dev.lock",
         )
-
-
-def state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Return $DAGWRIGHT_STATE_DIR, else $XDG_STATE_HOME/dagwright or ~/.local/state/dagwright."""
-    environ = os.environ if environ is None else environ
-    # Absolute, because the database path in the server's command line identifies the server.
-    if environ.get(STATE_DIR_ENV):
-        return Path(environ[STATE_DIR_ENV]).expanduser().absolute()
-    xdg_state = environ.get("XDG_STATE_HOME")
-    base = Path(xdg_state).expanduser() if xdg_state else Path.home() / ".local" / "state"
-    return (base / "dagwright").absolute()
 
 
 def state_paths() -> StatePaths:

@@ -66,8 +66,9 @@ BATCH_SIZE = 500
 # The server allows 2,000 pending children; batches run one after another, so this
 # only bounds the total: 1,000 batches of 500 items.
 MAX_FOR_EACH_ITEMS = BATCH_SIZE * 1000
-# Activities heartbeat at least this often so a cancel request reaches them.
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+# Node activities heartbeat every few seconds. When a worker dies mid-node, the server
+# notices after this long and schedules the next attempt on another worker.
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 
 STATUS_KEY = SearchAttributeKey.for_keyword("DagwrightStatus")
 

@@ -62,3 +62,14 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv(STATE_DIR_ENV, str(path))
     return path
+
+
+# The embedded PostgreSQL fixtures live in their own module; importing them here makes one
+# session-wide server shared by every test file.
+from pg_fixtures import (  # noqa: E402,F401 (fixtures are used by name)
+    embedded_postgres,
+    pg_admin,
+    pg_admin_url,
+    pg_database_name,
+    pg_state_dir,
+)
