@@ -112,12 +112,25 @@ class DagWorkflow:
         self._budget: dict[str, Any] = {}
         self._budget_request: dict[str, Any] | None = None
         self._metrics: RunMetrics | None = None
-        self._start(request)
+        self._invalid_request: str | None = None
+        try:
+            self._start(request)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # A definition that did not come from the compiler; run() fails the run with
+            # this message instead of letting the workflow task retry for ever.
+            self._invalid_request = f"{type(exc).__name__}: {exc}"
 
     # ------------------------------------------------------------ run
 
     @workflow.run
     async def run(self, request: RunRequest) -> RunResult:
+        if self._invalid_request is not None:
+            raise ApplicationError(
+                f"invalid run request: the definition is not a compiled dagwright definition"
+                f" ({self._invalid_request}); compile the file with `dagwright compile`",
+                type="InvalidRunRequest",
+                non_retryable=True,
+            )
         self._metrics = RunMetrics(self._definition.get("name") or "unknown")
         self._set_status("running")
         try:
@@ -136,6 +149,12 @@ class DagWorkflow:
         except ApplicationError:
             self._set_status("failed")
             raise
+        except workflow.NondeterminismError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - fail the run rather than retry the task for ever
+            self._set_status("failed")
+            raise ApplicationError(f"interpreter error: {type(exc).__name__}: {exc}", type="InterpreterError",
+                                   non_retryable=True) from exc
         self._outputs = outputs
         self._set_status("succeeded")
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -151,6 +170,7 @@ class DagWorkflow:
         self._slots = asyncio.Semaphore(int(limits.get("max_parallel") or 10))
         self._budget = dict(limits.get("budget") or {})
         for node_id, node in self._definition["nodes"].items():
+            _check_node_shape(node_id, node)
             self._nodes[node_id] = NodeState(node_type=node["type"])
         for node_id, reused in request.reuse.items():
             if node_id in self._nodes:
@@ -243,6 +263,12 @@ class DagWorkflow:
             state.ended_at = workflow.now().isoformat()
             self._record_outcome(node_id)
             raise
+        except workflow.NondeterminismError:
+            raise  # the workflow task must fail and retry until compatible code is deployed
+        except Exception as exc:  # noqa: BLE001 - any other error fails the node, never the task
+            workflow.logger.warning("interpreter error in node", extra={"node_id": node_id}, exc_info=True)
+            self._finish_failed(node_id, f"node '{node_id}': interpreter error: {type(exc).__name__}: {exc}",
+                                fatal=True)
         else:
             state.status = "succeeded"
             state.output = output
@@ -749,6 +775,14 @@ class DagWorkflow:
             "budget": self._budget or None,
             "budget_request": self._budget_request,
         }
+
+
+def _check_node_shape(node_id: str, node: Any) -> None:
+    if not isinstance(node, dict):
+        raise TypeError(f"node '{node_id}' is {type(node).__name__}, not a mapping")
+    missing = [key for key in ("type", "deps", "variants") if key not in node]
+    if missing:
+        raise KeyError(f"node '{node_id}' has no {', '.join(missing)}")
 
 
 def _seconds(value: float | None) -> timedelta | None:
