@@ -186,7 +186,20 @@ class DagWorkflow:
     # ------------------------------------------------------------ scheduling
 
     async def _schedule_until_done(self) -> None:
+        # One timer for the whole run: a timeout on every wait below would add a timer
+        # started and a timer cancelled event to history each time a node finishes.
         deadline = self._run_deadline()
+        timer = None
+        if deadline is not None:
+            remaining = max((deadline - workflow.now()).total_seconds(), 0.001)
+            timer = asyncio.create_task(workflow.sleep(remaining, summary="limits.timeout"))
+        try:
+            await self._schedule_loop(timer)
+        finally:
+            if timer is not None and not timer.done():
+                timer.cancel()
+
+    async def _schedule_loop(self, timer: asyncio.Task | None) -> None:
         order: list[str] = self._definition["order"]
         while True:
             self._changed = False
@@ -195,19 +208,17 @@ class DagWorkflow:
                     state = self._nodes[node_id]
                     if state.status == "pending" and self._dependencies_finished(node_id):
                         self._decide(node_id)
-            if not self._tasks and not self._paused:
+            if not self._tasks and (not self._paused or self._failed_node is not None):
                 return
-            remaining = None if deadline is None else max((deadline - workflow.now()).total_seconds(), 0.001)
-            try:
-                await workflow.wait_condition(lambda: self._changed, timeout=remaining)
-            except asyncio.TimeoutError:
+            await workflow.wait_condition(lambda: self._changed or (timer is not None and timer.done()))
+            if timer is not None and timer.done() and not self._changed:
                 timeout = self._definition["limits"]["timeout"]
                 await self._cancel_running(f"the run timed out after {timeout:g}s (limits.timeout)")
                 raise ApplicationError(
                     f"run timed out after {timeout:g}s (limits.timeout); running nodes were cancelled",
                     type="RunTimedOut",
                     non_retryable=True,
-                ) from None
+                )
 
     def _run_deadline(self) -> datetime | None:
         timeout = (self._definition.get("limits") or {}).get("timeout")
