@@ -113,6 +113,7 @@ class DagWorkflow:
         self._budget_request: dict[str, Any] | None = None
         self._metrics: RunMetrics | None = None
         self._invalid_request: str | None = None
+        self._status_published = False
         try:
             self._start(request)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -765,9 +766,12 @@ class DagWorkflow:
             raise ApplicationError(f"invalid workflow output: {exc}", type="OutputError", non_retryable=True) from None
 
     def _set_status(self, status: str) -> None:
+        # Each upsert is a command in history, so an unchanged status is not written again.
+        changed = status != self._status
         self._status = status
-        if self._search_attributes:
+        if self._search_attributes and (changed or not self._status_published):
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
+            self._status_published = True
 
     @workflow.query
     def state(self) -> dict[str, Any]:
