@@ -14,6 +14,13 @@ Status handling, with the error types documented in ``errors.py``:
 
 Redirects are followed (at most 20 hops, httpx's default); httpx drops the Authorization header
 when a redirect leaves the original origin.
+
+The worker's network policy (``network_policy.py``) is checked on the host of every hop and on
+every address the host resolves to, before connecting. A denied host fails the node at once
+with the permanent error ``NetworkPolicyDenied``.
+
+Without ``max_response_bytes``, a body may be as large as the worker's node output cap
+(``envelope.max_output_bytes``), because a larger one could not be returned anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import logging
 import re
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -48,7 +56,14 @@ from dagwright.activities.errors import (
     permanent,
     retryable,
 )
+from dagwright.activities.envelope import max_output_bytes
 from dagwright.activities.heartbeat import heartbeating
+from dagwright.activities.network_policy import (
+    NETWORK_POLICY_DENIED,
+    NetworkPolicy,
+    NetworkPolicyViolation,
+    client_options,
+)
 from dagwright.activities.secrets import SecretResolver, redact
 
 logger = logging.getLogger(__name__)
@@ -65,11 +80,17 @@ _ERROR_BODY_BYTES = 4096
 _METHOD_PATTERN = re.compile(r"[A-Z]+")
 _JSON_CONTENT_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
 
-# One client per event loop: an httpx client's pooled connections belong to the loop that opened
-# them, and tests run several loops in one process.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
+# Body limit when the request sets none and the activity runs outside dagwright's worker.
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+
+DEFAULT_NETWORK_POLICY = NetworkPolicy()
+
+# One client per event loop and network policy: an httpx client's pooled connections belong to
+# the loop that opened them, tests run several loops in one process, and a connection opened
+# under one policy must not be reused under another.
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[NetworkPolicy, httpx.AsyncClient]
+] = weakref.WeakKeyDictionary()
 
 
 class HttpRequest(BaseModel):
@@ -94,7 +115,8 @@ class HttpRequest(BaseModel):
     # every attempt of the node in one run.
     idempotency_key: str | None = None
     timeout_seconds: float = 60.0
-    max_response_bytes: int = 10 * 1024 * 1024
+    # None: the node output cap of the worker (see the module docstring).
+    max_response_bytes: int | None = None
 
 
 @activity.defn(name=ACTIVITY_NAME)
@@ -102,11 +124,26 @@ async def http_request(request: HttpRequest) -> dict[str, Any]:
     """Send the request and return ``{status, headers, json}`` or ``{status, headers, text}``.
 
     Header names in the result are lower case; repeated headers are joined with ", ".
+    The default network policy applies; ``make_http_activity`` takes another one.
 
     Raises:
         ApplicationError: classified as described in the module docstring.
         asyncio.CancelledError: the activity was cancelled; the request is aborted.
     """
+    return await _send(request, DEFAULT_NETWORK_POLICY)
+
+
+def make_http_activity(policy: NetworkPolicy) -> Callable[[HttpRequest], Awaitable[dict[str, Any]]]:
+    """Return a ``dagwright.http`` activity that enforces ``policy``."""
+
+    @activity.defn(name=ACTIVITY_NAME)
+    async def http_request_with_policy(request: HttpRequest) -> dict[str, Any]:
+        return await _send(request, policy)
+
+    return http_request_with_policy
+
+
+async def _send(request: HttpRequest, policy: NetworkPolicy) -> dict[str, Any]:
     display_url = _display_url(request.url)
     started = time.monotonic()
     status: int | None = None
@@ -114,7 +151,7 @@ async def http_request(request: HttpRequest) -> dict[str, Any]:
     resolver = SecretResolver()
     try:
         async with heartbeating():
-            response, content = await _exchange(request, display_url, resolver)
+            response, content = await _exchange(request, display_url, resolver, policy)
         status = response.status_code
         return _result(request, display_url, response, content, resolver.used_values)
     except ApplicationError as exc:
@@ -128,34 +165,36 @@ async def http_request(request: HttpRequest) -> dict[str, Any]:
 
 
 async def close_http_clients() -> None:
-    """Close the HTTP client of the running event loop and forget clients of closed loops."""
+    """Close the HTTP clients of the running event loop and forget clients of closed loops."""
     loop = asyncio.get_running_loop()
-    client = _clients.pop(loop, None)
-    if client is not None:
+    clients = _clients.pop(loop, {})
+    for client in clients.values():
         await client.aclose()
     for other_loop in [other for other in _clients if other.is_closed()]:
         _clients.pop(other_loop, None)
 
 
-def _client() -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
+def _client(policy: NetworkPolicy = DEFAULT_NETWORK_POLICY) -> httpx.AsyncClient:
+    clients = _clients.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(policy)
     if client is None or client.is_closed:
         client = httpx.AsyncClient(
-            follow_redirects=True, headers={"User-Agent": f"dagwright/{__version__}"}
+            follow_redirects=True,
+            headers={"User-Agent": f"dagwright/{__version__}"},
+            **client_options(policy),
         )
-        _clients[loop] = client
+        clients[policy] = client
     return client
 
 
 async def _exchange(
-    request: HttpRequest, display_url: str, resolver: SecretResolver
+    request: HttpRequest, display_url: str, resolver: SecretResolver, policy: NetworkPolicy
 ) -> tuple[httpx.Response, bytes]:
     """Send one request and read its body, within ``timeout_seconds`` for the whole exchange."""
     outgoing = _build_request(request, display_url, resolver)
     try:
         async with asyncio.timeout(request.timeout_seconds):
-            response = await _client().send(outgoing, stream=True)
+            response = await _client(policy).send(outgoing, stream=True)
             try:
                 content = await _read_body(request, display_url, response)
             finally:
@@ -168,6 +207,14 @@ async def _exchange(
         ) from None
     except httpx.HTTPError as exc:
         raise _transport_error(request, display_url, exc, resolver.used_values) from None
+    except NetworkPolicyViolation as exc:
+        raise permanent(
+            f"HTTP node {request.node_id!r}: {request.method.upper()} {display_url} was not sent "
+            f"because {exc.denial.describe()}. Change [network] allow or deny in the worker's "
+            "dagwright.toml if this host must be reachable.",
+            type=NETWORK_POLICY_DENIED,
+            details={"host": exc.denial.host, "address": exc.denial.address, "rule": exc.denial.rule},
+        ) from None
     return response, content
 
 
@@ -229,17 +276,24 @@ async def _read_body(request: HttpRequest, display_url: str, response: httpx.Res
         # An error page only feeds the message, so the rest of it is not downloaded.
         return await _read_prefix(response, _ERROR_BODY_BYTES)
 
+    limit = _response_limit(request)
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > request.max_response_bytes:
-        raise _too_large(request, display_url)
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(request, display_url, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
-        if size > request.max_response_bytes:
-            raise _too_large(request, display_url)
+        if size > limit:
+            raise _too_large(request, display_url, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _response_limit(request: HttpRequest) -> int:
+    if request.max_response_bytes is not None:
+        return request.max_response_bytes
+    return max_output_bytes() or DEFAULT_MAX_RESPONSE_BYTES
 
 
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
@@ -292,6 +346,12 @@ def _parse_json(request: HttpRequest, display_url: str, content: bytes, snippet:
         return None
     try:
         return json.loads(content)
+    except RecursionError:
+        raise permanent(
+            f"HTTP node {request.node_id!r}: the JSON response of {request.method.upper()} {display_url} "
+            "is nested too deeply to parse. Use 'response: text' to receive the body as text.",
+            type=HTTP_RESPONSE_INVALID,
+        ) from None
     except ValueError as exc:
         raise permanent(
             f"HTTP node {request.node_id!r}: the response of {request.method.upper()} {display_url} is "
@@ -389,12 +449,16 @@ def _invalid_request(request: HttpRequest, display_url: str, reason: str) -> App
     )
 
 
-def _too_large(request: HttpRequest, display_url: str) -> ApplicationError:
+def _too_large(request: HttpRequest, display_url: str, limit: int) -> ApplicationError:
+    if request.max_response_bytes is not None:
+        source = f"max_response_bytes ({limit} bytes)"
+    else:
+        source = f"the worker's node output cap ({limit} bytes, set by [payloads] hard_cap)"
     return permanent(
         f"HTTP node {request.node_id!r}: the response of {request.method.upper()} {display_url} "
-        f"is larger than max_response_bytes ({request.max_response_bytes} bytes).",
+        f"is larger than {source}.",
         type=HTTP_RESPONSE_TOO_LARGE,
-        details={"max_response_bytes": request.max_response_bytes},
+        details={"max_response_bytes": limit},
     )
 
 

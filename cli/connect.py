@@ -19,11 +19,13 @@ from pathlib import Path
 
 import typer
 from temporalio.client import Client, Interceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
+
+from dagwright.activities.payload_storage import dagwright_data_converter
+from dagwright.config import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -170,15 +172,26 @@ def configured_target(environ: Mapping[str, str] | None = None) -> Target | None
 async def connect(
     target: Target,
     *,
-    data_converter: DataConverter = pydantic_data_converter,
+    data_converter: DataConverter | None = None,
+    settings: Settings | None = None,
     interceptors: Sequence[Interceptor] = (),
     runtime: Runtime | None = None,
 ) -> Client:
-    """Connect a client to the target, using the pydantic data converter by default.
+    """Connect a client to the target.
+
+    The default converter is dagwright's (pydantic plus the `[payloads]` store), built from
+    `settings` or, without them, from the dagwright.toml that `load_settings()` finds. Workers
+    and the CLI must use the same store, or neither can read the other's large payloads.
 
     Raises:
-        TemporalSetupError: when the server cannot be reached or rejects the connection.
+        TemporalSetupError: when the server cannot be reached or rejects the connection, or
+            the `[payloads]` configuration is invalid.
     """
+    if data_converter is None:
+        try:
+            data_converter = dagwright_data_converter(settings if settings is not None else load_settings())
+        except ConfigError as exc:
+            raise TemporalSetupError(f"Invalid payload store configuration: {exc}") from exc
     try:
         return await Client.connect(
             target.address,
