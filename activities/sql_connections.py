@@ -188,6 +188,7 @@ class SqlConnections:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("sql pool close failed connection=%s error=%s", name, type(exc).__name__)
         logger.info("sql pools closed count=%d", len(pools))
+        await self._embedded.close()
 
     async def _open_pool(self, config: ConnectionConfig) -> asyncpg.Pool:
         url = self._configured_url(config)
@@ -244,8 +245,8 @@ class SqlConnections:
 class EmbeddedPostgres:
     """A PostgreSQL server from the ``pgserver`` package, started on first use in ``pgdata``.
 
-    The server listens only on a Unix socket inside its data folder. pgserver stops it when the
-    last process that uses it exits.
+    The server listens only on a Unix socket inside its data folder. `close()` releases this
+    process's handle, and pgserver stops the server once no live process holds one.
     """
 
     def __init__(self, pgdata: Path) -> None:
@@ -262,6 +263,17 @@ class EmbeddedPostgres:
         if seeds:
             await apply_seeds(url, seeds)
         return url
+
+    async def close(self) -> None:
+        """Release the server; called when the worker stops.
+
+        pgserver would release it at interpreter exit, but the CLI exits with `os._exit`,
+        which skips exit hooks, so the worker releases it explicitly.
+        """
+        async with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            await asyncio.to_thread(server.cleanup)
 
     async def _started(self) -> Any:
         async with self._lock:

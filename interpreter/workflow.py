@@ -256,7 +256,21 @@ class DagWorkflow:
             return
         self._nodes[node_id].status = "running"
         self._nodes[node_id].started_at = workflow.now().isoformat()
-        self._tasks[node_id] = asyncio.create_task(self._execute_node(node_id))
+        task = asyncio.create_task(self._execute_node(node_id))
+        # A task cancelled before its first step never runs its own `finally`, so the
+        # bookkeeping for a finished node also happens here.
+        task.add_done_callback(lambda _, node_id=node_id: self._task_done(node_id))
+        self._tasks[node_id] = task
+
+    def _task_done(self, node_id: str) -> None:
+        self._tasks.pop(node_id, None)
+        state = self._nodes[node_id]
+        if state.status in ("running", "waiting"):
+            state.status = "cancelled"
+            state.error = state.error or f"not run because node '{self._failed_node}' failed"
+            state.ended_at = workflow.now().isoformat()
+            self._record_outcome(node_id)
+        self._changed = True
 
     async def _execute_node(self, node_id: str) -> None:
         node = self._definition["nodes"][node_id]
