@@ -26,7 +26,7 @@ from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from dagwright.activities.envelope import NodeEnvelopeInterceptor
-from dagwright.activities.telemetry import NodeTelemetryInterceptor
+from dagwright.activities.telemetry import NodeTelemetryInterceptor, tracing_installed
 from dagwright.activities.llm.activity import LlmActivities
 from dagwright.activities.http import close_http_clients, make_http_activity
 from dagwright.activities.network_policy import network_policy_from_config
@@ -231,12 +231,15 @@ def worker_interceptors(client: Client, *, tracer: Tracer | None = None,
                         trace_content: bool = False, max_output_bytes: int | None = None) -> list[Interceptor]:
     """Return the worker's interceptors, outermost first.
 
-    Temporal's `TracingInterceptor` is added unless the client already has one (a worker
-    inherits its client's interceptors). The telemetry interceptor comes after the envelope
-    one, so it sees each activity's own result and error.
+    Temporal's `TracingInterceptor` is added when spans have somewhere to go (a `tracer`, or a
+    tracer provider installed in the process) and the client does not already have one, since a
+    worker inherits its client's interceptors. Without it, workflow tasks skip the span work.
+    The telemetry interceptor comes after the envelope one, so it receives each activity's own
+    result and error.
     """
     interceptors: list[Interceptor] = []
-    if not any(isinstance(existing, TracingInterceptor) for existing in client.config()["interceptors"]):
+    client_traces = any(isinstance(existing, TracingInterceptor) for existing in client.config()["interceptors"])
+    if not client_traces and (tracer is not None or tracing_installed()):
         interceptors.append(TracingInterceptor(tracer))
     interceptors += [
         RunMetadataInterceptor(),

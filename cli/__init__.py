@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import typer
 
 from dagwright.cli import control as _control
 from dagwright.cli import run as _run
 from dagwright.cli import runs as _runs
+from dagwright.cli import trace as _trace
 from dagwright.cli import validate as _validate
 from dagwright.cli.server import server_app
 
@@ -31,6 +33,7 @@ app.command()(_run.worker)
 app.command()(_runs.status)
 app.command()(_runs.result)
 app.command("list")(_runs.list_runs)
+app.command()(_trace.trace)
 app.command()(_runs.cancel)
 app.command()(_control.approvals)
 app.command()(_control.approve)
@@ -57,6 +60,9 @@ def main() -> None:
     while the interpreter finalizes after an RPC error, which aborts the process
     (seen with temporalio 1.35). Output is flushed first, then the process exits.
     """
+    # pgserver asks platformdirs for a runtime folder it does not use; on machines without
+    # XDG_RUNTIME_DIR that prints a warning on every run.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         app()
         code: object = 0

@@ -42,6 +42,11 @@ class LiveView:
             return  # no worker yet, or the run is closing; the next poll tries again
         if not self._quiet:
             self._print_changes(state)
+            return
+        # --json keeps stdout for the result, but a run waiting for a decision must still print
+        # the command that decides it, so the hints go to stderr in quiet mode too.
+        for node_id, row in state.get("nodes", {}).items():
+            self._print_hint(node_id, row)
 
     async def stop(self, task: asyncio.Task) -> None:
         task.cancel()
@@ -56,10 +61,13 @@ class LiveView:
                 continue
             self._seen[node_id] = key
             typer.echo(f"  {SYMBOLS.get(row['status'], ' ')} {node_id:<24} {describe_row(row)}", err=True)
-            waiting = row.get("waiting_for")
-            if waiting and node_id not in self._hints_shown:
-                self._hints_shown.add(node_id)
-                typer.echo(f"    {waiting}", err=True)
+            self._print_hint(node_id, row)
+
+    def _print_hint(self, node_id: str, row: dict[str, Any]) -> None:
+        waiting = row.get("waiting_for")
+        if waiting and node_id not in self._hints_shown:
+            self._hints_shown.add(node_id)
+            typer.echo(f"    {waiting}", err=True)
 
 
 def describe_row(row: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError
 
@@ -24,6 +25,15 @@ from dagwright.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, compile_or_ex
 from dagwright.cli.connect import Target, TemporalSetupError, connect, ensure_server
 from dagwright.cli.live import LiveView
 from dagwright.cli.server import search_attribute_keys
+from dagwright.cli.telemetry_setup import (
+    DEFAULT_METRICS_HOST,
+    TelemetrySetupError,
+    configure_logging,
+    configure_tracing,
+    create_runtime,
+    metrics_address,
+)
+from dagwright.activities.telemetry import tracing_installed
 from dagwright.config import ConfigError, Settings
 from dagwright.interpreter.loader import LoadError, load_file
 from dagwright.interpreter.inputs import InputError, parse_input_value, validate_inputs
@@ -62,8 +72,14 @@ def run(
     run_inputs = _collect_inputs(definition, inputs or [], input_file)
     request = RunRequest(definition=definition, inputs=run_inputs)
     workflow_id = run_id or f"{definition['name']}-{random_tokens.token_hex(4)}"
-    code = asyncio.run(_start_and_follow(request, workflow_id, settings, registry,
-                                         detach=detach, as_json=as_json, in_process_worker=not (no_worker or detach)))
+    tracer_provider = _tracing_or_exit(None)
+    try:
+        code = asyncio.run(_start_and_follow(request, workflow_id, settings, registry, detach=detach,
+                                             as_json=as_json, in_process_worker=not (no_worker or detach)))
+    finally:
+        # Sends the spans still buffered; main() exits without running atexit handlers.
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
     raise typer.Exit(code)
 
 
@@ -95,7 +111,7 @@ def _collect_inputs(definition: dict, pairs: list[str], input_file: Path | None)
 async def _start_and_follow(request, workflow_id, settings, registry, *, detach, as_json, in_process_worker) -> int:
     try:
         target = await ensure_server()
-        client = await connect(target)
+        client = await connect(target, settings=settings, interceptors=_client_interceptors())
     except TemporalSetupError as exc:
         fail(str(exc))
     use_attributes = await server_has_search_attributes(client)
@@ -243,31 +259,71 @@ def worker(
     max_concurrent_activities: Optional[int] = typer.Option(None, "--max-concurrent-activities", help="Activities run at once by this worker."),
     config: Optional[str] = typer.Option(None, "--config", help="Path to a dagwright.toml."),
     tools: Optional[list[str]] = typer.Option(None, "--tools", help="Extra tool module: dotted name or .py path. Repeatable."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default)."
+    ),
+    metrics_host: str = typer.Option(DEFAULT_METRICS_HOST, "--metrics-host", help="Address the metrics endpoint binds to."),
+    log_format: str = typer.Option("human", "--log-format", help="Log line format on stderr: human or json."),
+    otlp_endpoint: Optional[str] = typer.Option(
+        None, "--otlp-endpoint",
+        help="Export traces over OTLP to this URL (default: OTEL_EXPORTER_OTLP_ENDPOINT; no export when unset).",
+    ),
+    trace_content: bool = typer.Option(
+        False, "--trace-content", help="Also put node inputs and outputs on spans (they may hold personal data)."
+    ),
 ) -> None:
     """Run a worker that executes dagwright runs until SIGINT or SIGTERM."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(log_format)
+        bind_address = metrics_address(metrics_port, metrics_host)
+    except TelemetrySetupError as exc:
+        fail(str(exc), EXIT_USAGE)
     settings: Settings = settings_for(None, config)
     if task_queue:
         settings.task_queue = task_queue
     if max_concurrent_activities:
         settings.max_concurrent_activities = max_concurrent_activities
     registry = load_tools(settings, tools)
-    asyncio.run(_serve(settings, registry))
+    tracer_provider = _tracing_or_exit(otlp_endpoint)
+    try:
+        asyncio.run(_serve(settings, registry, bind_address, trace_content))
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
 
 
-async def _serve(settings: Settings, registry) -> None:
+def _client_interceptors() -> list[TracingInterceptor]:
+    # Only with an exporter installed: the interceptor's workflow spans cost time on every task.
+    return [TracingInterceptor()] if tracing_installed() else []
+
+
+def _tracing_or_exit(endpoint: str | None):
+    try:
+        return configure_tracing(endpoint)
+    except TelemetrySetupError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+async def _serve(settings: Settings, registry, bind_address: str | None = None, trace_content: bool = False) -> None:
+    try:
+        runtime = create_runtime(bind_address)
+    except ValueError as exc:  # temporalio 1.35 reports a metrics address it cannot bind as ValueError
+        fail(f"cannot serve metrics on {bind_address}: {exc}; choose another --metrics-port")
     try:
         target = await ensure_server()
-        client = await connect(target)
+        # The runtime carries the Prometheus endpoint; the worker's metrics go through its client.
+        client = await connect(target, settings=settings, interceptors=_client_interceptors(), runtime=runtime)
     except TemporalSetupError as exc:
         fail(str(exc))
+    if bind_address:
+        logger.info("serving Prometheus metrics at http://%s/metrics", bind_address)
     options = WorkerOptions(task_queue=settings.task_queue,
                             max_concurrent_activities=settings.max_concurrent_activities,
                             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks)
     typer.echo(f"worker polling task queue '{settings.task_queue}' on {target.describe()}; "
                f"tools: {', '.join(registry.names()) or 'none'}", err=True)
     try:
-        worker = build_worker(client, options, registry=registry, settings=settings)
+        worker = build_worker(client, options, registry=registry, settings=settings, trace_content=trace_content)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     await run_worker(worker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any, Optional
 
 import typer
@@ -35,36 +36,80 @@ async def client_for_cli() -> Client:
         fail(str(exc))
 
 
+# Terminal control sequence: cursor home, then clear the screen (ECMA-48 CUP and ED).
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+UNSUCCESSFUL_CLOSE = (
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT,
+)
+
+
 def status(
     run_id: str = typer.Argument(..., help="The run's workflow id.", show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON (one line per change with --watch)."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Refresh until the run closes; exit 1 if it did not succeed."
+    ),
+    interval: float = typer.Option(1.0, "--interval", help="Seconds between refreshes with --watch."),
 ) -> None:
     """Show a run's status and the state of each node."""
+    if watch:
+        raise typer.Exit(asyncio.run(watch_status(run_id, as_json, interval)))
     raise typer.Exit(asyncio.run(_status(run_id, as_json)))
 
 
 async def _status(run_id: str, as_json: bool) -> int:
     client = await client_for_cli()
     handle = client.get_workflow_handle(run_id)
-    try:
-        description = await handle.describe()
-    except RPCError as exc:
-        fail(_rpc_message(exc, run_id))
-    state = await _state_or_none(handle, description.status)
-    server_status = description.status.name.lower() if description.status else "unknown"
-    if as_json:
-        typer.echo(json.dumps({"run_id": run_id, "execution_status": server_status, "state": state}, indent=2))
-        return EXIT_OK
-    typer.echo(f"run {run_id}: {state['status'] if state else server_status} (Temporal: {server_status})")
-    if state is None:
-        typer.echo("node states are unavailable: no worker answered the query", err=True)
-        return EXIT_OK
-    for node_id, row in state["nodes"].items():
-        typer.echo(f"  {node_id:<24} {describe_row(row)}")
+    _, text, problem = await _status_snapshot(handle, run_id, as_json, indent=2)
+    typer.echo(text)
+    if problem:
+        typer.echo(problem, err=True)
     return EXIT_OK
 
 
-async def _state_or_none(handle, execution_status) -> dict | None:
+async def watch_status(run_id: str, as_json: bool, interval: float, *, clear: bool | None = None) -> int:
+    """Print the run's status each time it changes, until the run closes.
+
+    On a terminal (or with `clear=True`) the screen is redrawn instead of appended to.
+    Returns EXIT_OK when the run succeeded and EXIT_FAILED when it closed otherwise.
+    """
+    clear = sys.stdout.isatty() and not as_json if clear is None else clear
+    client = await client_for_cli()
+    handle = client.get_workflow_handle(run_id)
+    last_shown = None
+    while True:
+        execution_status, text, _ = await _status_snapshot(handle, run_id, as_json, indent=None)
+        if text != last_shown:
+            typer.echo(CLEAR_SCREEN + text if clear else text)
+            last_shown = text
+        if execution_status != WorkflowExecutionStatus.RUNNING:
+            return EXIT_FAILED if execution_status in UNSUCCESSFUL_CLOSE else EXIT_OK
+        await asyncio.sleep(max(interval, 0.1))
+
+
+async def _status_snapshot(handle, run_id: str, as_json: bool,
+                           indent: int | None) -> tuple[WorkflowExecutionStatus | None, str, str | None]:
+    """Return the run's execution status, its status text, and a problem to show on stderr."""
+    try:
+        description = await handle.describe()
+    except RPCError as exc:
+        fail(rpc_message(exc, run_id))
+    state = await run_state(handle, description.status)
+    server_status = description.status.name.lower() if description.status else "unknown"
+    if as_json:
+        text = json.dumps({"run_id": run_id, "execution_status": server_status, "state": state}, indent=indent)
+        return description.status, text, None
+    lines = [f"run {run_id}: {state['status'] if state else server_status} (Temporal: {server_status})"]
+    if state is None:
+        return description.status, lines[0], "node states are unavailable: no worker answered the query"
+    lines += [f"  {node_id:<24} {describe_row(row)}" for node_id, row in state["nodes"].items()]
+    return description.status, "\n".join(lines), None
+
+
+async def run_state(handle, execution_status) -> dict | None:
     """Return the run's state from its query, or from its result once it has completed."""
     try:
         return await handle.query("state", result_type=dict)
@@ -93,7 +138,7 @@ async def _result(run_id: str, as_json: bool) -> int:
         typer.echo(f"run {run_id} failed: {failure_message(exc)}", err=True)
         return EXIT_FAILED
     except RPCError as exc:
-        fail(_rpc_message(exc, run_id))
+        fail(rpc_message(exc, run_id))
     outputs = outcome.get("outputs", outcome) if isinstance(outcome, dict) else outcome
     typer.echo(json.dumps(outputs, indent=None if as_json else 2, ensure_ascii=False))
     return EXIT_OK
@@ -165,12 +210,13 @@ async def _cancel(run_id: str) -> int:
             fail(f"run {run_id} is not running (status {description.status.name.lower()})")
         await handle.cancel()
     except RPCError as exc:
-        fail(_rpc_message(exc, run_id))
+        fail(rpc_message(exc, run_id))
     typer.echo(f"cancellation requested for run {run_id}")
     return EXIT_OK
 
 
-def _rpc_message(exc: RPCError, run_id: str) -> str:
+def rpc_message(exc: RPCError, run_id: str) -> str:
+    """Return a user-facing message for an RPC error on run `run_id`."""
     if exc.status == RPCStatusCode.NOT_FOUND:
         return f"no run with id '{run_id}' (check `dagwright list`)"
     return f"Temporal rejected the request for run '{run_id}': {exc.message}"

@@ -42,8 +42,8 @@ PROTOCOL_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTO
 # The OpenTelemetry SDK specification makes http/protobuf the default OTLP transport.
 DEFAULT_PROTOCOL = "http/protobuf"
 
-# Bucket bounds of dagwright's histograms; Temporal's defaults suit latencies under a minute.
-# Node durations include retries and approval waits, so they reach hours and days (ms).
+# Bucket bounds of dagwright's histograms, because Temporal's defaults suit latencies under a
+# minute. Node durations include retries and approval waits, so they reach hours and days (ms).
 _NODE_DURATION_BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
                              300000, 900000, 3600000, 14400000, 86400000)
 _ATTEMPT_DURATION_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
@@ -57,12 +57,12 @@ HISTOGRAM_BUCKETS: Mapping[str, tuple[float, ...]] = {
 
 
 class TelemetrySetupError(Exception):
-    """A telemetry option is invalid; the message says which and how to fix it."""
+    """A telemetry option is invalid. The message names the option and how to fix it."""
 
 
 def configure_logging(log_format: str = "human", level: int | str = logging.INFO,
                       stream: IO[str] | None = None) -> logging.Handler:
-    """Send all log records to `stream` (stderr) in the given format; return the handler.
+    """Send all log records to `stream` (stderr) in the given format and return the handler.
 
     Raises:
         TelemetrySetupError: when `log_format` is not human or json.
@@ -122,7 +122,7 @@ def otlp_endpoint(flag: str | None, environ: Mapping[str, str] | None = None) ->
 
 def configure_tracing(endpoint: str | None = None, *, environ: Mapping[str, str] | None = None,
                       service_name: str = DEFAULT_SERVICE_NAME) -> TracerProvider | None:
-    """Install a tracer provider that exports to OTLP, if an endpoint is set; return it.
+    """Install a tracer provider that exports to OTLP, if an endpoint is set, and return it.
 
     Returns None, and installs nothing, when neither `endpoint` nor the OTLP environment
     variables name an endpoint. Call `shutdown()` on the result before the process exits so

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -60,6 +61,7 @@ def validate(
 def graph(
     file: Path = typer.Argument(..., help="Workflow file.", show_default=False),
     output_format: str = typer.Option("mermaid", "--format", help="Output format: mermaid or dot."),
+    run_id: Optional[str] = typer.Option(None, "--run", help="Colour each node by its status in this run (workflow id)."),
     config: Optional[str] = ConfigOption,
     tools: Optional[list[str]] = ToolsOption,
 ) -> None:
@@ -69,8 +71,34 @@ def graph(
         raise typer.Exit(EXIT_USAGE)
     registry = load_tools(settings_for(file, config), tools)
     definition = compile_or_exit(str(file), registry)
+    statuses = asyncio.run(run_statuses(run_id, definition)) if run_id else None
     render = render_mermaid if output_format == "mermaid" else render_dot
-    typer.echo(render(definition))
+    typer.echo(render(definition, statuses))
+
+
+async def run_statuses(run_id: str, definition: dict[str, Any]) -> dict[str, str]:
+    """Return node id -> status in run `run_id`, from its `state` query or its result."""
+    # Imported here so that `validate` and plain `graph` do not load the Temporal client.
+    from temporalio.service import RPCError
+
+    from dagwright.cli.common import fail
+    from dagwright.cli.runs import client_for_cli, rpc_message, run_state
+
+    client = await client_for_cli()
+    handle = client.get_workflow_handle(run_id)
+    try:
+        description = await handle.describe()
+    except RPCError as exc:
+        fail(rpc_message(exc, run_id))
+    memo = await description.memo()
+    if memo.get("definition_hash") and memo["definition_hash"] != definition["hash"]:
+        typer.echo(f"warning: run {run_id} ran a different version of this file "
+                   f"({str(memo['definition_hash'])[:19]}, the file is {definition['hash'][:19]})", err=True)
+    state = await run_state(handle, description.status)
+    if state is None:
+        fail(f"no node states for run {run_id}: no worker answered its state query; start `dagwright worker`")
+    # Nodes the file no longer has would show up as extra boxes in the drawing.
+    return {node_id: row["status"] for node_id, row in state["nodes"].items() if node_id in definition["nodes"]}
 
 
 def schema() -> None:

@@ -1,6 +1,6 @@
 """Pass a run's identity to its node activities in a Temporal header.
 
-An activity sees its own ids (workflow id, activity id, attempt) but not which workflow
+An activity receives its own ids (workflow id, activity id, attempt) but not which workflow
 definition it belongs to. `RunMetadataInterceptor` adds a `dagwright-run` header to every
 activity the workflow schedules. The header carries the workflow name, version, definition
 hash, run id, node id and node type, so the activity side (`activities/telemetry.py`) can
