@@ -14,7 +14,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dagwright.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, load_tools, settings_for
-from dagwright.cli.run import _follow, server_has_search_attributes, start_run, web_link
+from dagwright.cli.run import _follow, quiet_logging, server_has_search_attributes, start_run, web_link
 from dagwright.cli.runs import client_for_cli
 from dagwright.interpreter.approvals import (
     DECIDE_UPDATE,
@@ -191,6 +191,7 @@ def rerun(
     """
     if bool(from_node) == from_failed:
         fail("pass exactly one of --from NODE and --from-failed", EXIT_USAGE)
+    quiet_logging()
     settings = settings_for(None, config)
     registry = load_tools(settings, tools)
     code = asyncio.run(_rerun(run_id, from_node, new_id, settings, registry, detach=detach, as_json=as_json,

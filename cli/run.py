@@ -64,6 +64,7 @@ def run(
     Exit status: 0 when the run succeeded (or was started with --detach), 1 when it
     failed or the file has errors, 2 on bad inputs or usage.
     """
+    quiet_logging()
     settings = settings_for(file, config)
     if task_queue:
         settings.task_queue = task_queue
@@ -81,6 +82,16 @@ def run(
         if tracer_provider is not None:
             tracer_provider.shutdown()
     raise typer.Exit(code)
+
+
+def quiet_logging() -> None:
+    """Show only real problems while `run` follows a run in the terminal.
+
+    The in-process worker logs every failed activity attempt with a traceback; the live
+    view already shows each node's attempts and errors, so those records are dropped.
+    """
+    configure_logging("human", level=logging.WARNING)
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
 
 
 def _collect_inputs(definition: dict, pairs: list[str], input_file: Path | None) -> dict[str, Any]:
