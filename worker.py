@@ -96,12 +96,12 @@ class SandboxCodeCache(MetaPathFinder):
     """Import finder that lets the workflow sandbox compile each of its modules once per process.
 
     The sandbox imports the workflow module and its parent packages afresh for every run. Python
-    reads their code from `__pycache__`, but when no .pyc exists (PYTHONDONTWRITEBYTECODE=1, a
-    read-only or editable install) it compiles the source every time. For `interpreter/workflow.py`
-    that took about 7 ms of each run's first workflow task, measured with
-    PYTHONDONTWRITEBYTECODE=1 on a 2-core x86_64 machine with Python 3.11.7. This finder hands
-    out a loader that keeps the compiled code objects in memory. Each run still executes the
-    module in its own namespace, so the sandbox's isolation and restrictions are unchanged.
+    reads their code from `__pycache__`, but when no .pyc file exists (PYTHONDONTWRITEBYTECODE=1,
+    a read-only or editable install) it compiles the source every time. Compiling
+    `interpreter/workflow.py` added about 7 ms to each run's first workflow task (Python 3.11.7
+    on 2 x86_64 cores; docs/benchmarks.md has the measurements). This finder hands out a loader
+    that keeps the compiled code objects in memory. Each run still executes the module in a
+    namespace of its own, so the sandbox's isolation and restrictions are unchanged.
     """
 
     def __init__(self) -> None:
@@ -120,21 +120,21 @@ class SandboxCodeCache(MetaPathFinder):
                   target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname not in self.module_names:
             return None
-        # Ask the finders after this one (the path finder, an editable install's finder).
+        # Let the other finders locate the file (the path finder, an editable install's finder).
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is None:
                 continue
-            # Only a plain source loader is replaced: other loaders may not read files at all.
+            # Only a plain source loader is replaced, because other loaders may not read a source file.
             if type(spec.loader) is SourceFileLoader and spec.origin:
                 spec.loader = _CompiledOnceLoader(fullname, spec.origin)
             return spec
         return None
 
 
-# Code objects by (path, mtime in ns, size), the same staleness check a .pyc file gets.
+# Code objects by (path, mtime in ns, size), so an edited file is compiled again, as with a .pyc file.
 _compiled: dict[tuple[str, int, int], CodeType] = {}
 
 
@@ -147,7 +147,8 @@ class _CompiledOnceLoader(SourceFileLoader):
         if code is None:
             code = super().get_code(fullname)
             if code is None:
-                raise ImportError(f"no code for module {fullname} in {path}", name=fullname, path=path)
+                raise ImportError(f"cannot load module {fullname}: the source loader returned no code for {path}",
+                                  name=fullname, path=path)
             _compiled[key] = code
         return code
 
@@ -223,6 +224,9 @@ def build_worker(
         # A cancel request reaches an activity only in a heartbeat response, and the worker
         # sends heartbeats at most this often; 2 s bounds how long a cancelled node runs on.
         max_heartbeat_throttle_interval=timedelta(seconds=2),
+        # Runs cached on a worker that died wait this long before another worker takes
+        # their next task; 10 s (the SDK default) made every query after a crash that slow.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=4),
         default_heartbeat_throttle_interval=timedelta(seconds=2),
     )
 

@@ -249,10 +249,15 @@ def _build_request(
         content = resolver.resolve(request.body).encode("utf-8")
 
     try:
+        # httpx replaces a URL's own query string with `params`, so the node's `query` is
+        # merged into the URL instead: `url: https://x/y?a=1` keeps `a=1`.
+        url = httpx.URL(resolver.resolve(request.url))
+        query = resolver.resolve(request.query)
+        if query:
+            url = url.copy_merge_params(query)
         return _client().build_request(
             method,
-            resolver.resolve(request.url),
-            params=resolver.resolve(request.query),
+            url,
             headers=headers,
             content=content,
             data=resolver.resolve(request.form),

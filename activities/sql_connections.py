@@ -273,7 +273,9 @@ class EmbeddedPostgres:
         async with self._lock:
             server, self._server = self._server, None
         if server is not None:
-            await asyncio.to_thread(server.cleanup)
+            # Leaving the handle's context drops this user; pgserver stops the server only
+            # when no other user in this process and no other live process holds it.
+            await asyncio.to_thread(server.__exit__, None, None, None)
 
     async def _started(self) -> Any:
         async with self._lock:
@@ -287,6 +289,7 @@ class EmbeddedPostgres:
         try:
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
             server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            server.__enter__()
         except Exception as exc:  # pgserver raises subprocess, OS and assertion errors alike
             raise EmbeddedServerError(
                 f"the embedded PostgreSQL server in {self.pgdata} did not start "

@@ -31,6 +31,9 @@ def embedded_postgres() -> Iterator[Any]:
     # every parent folder, and pg_ctl then failed to stop the server at the end of the session.
     state = Path(tempfile.mkdtemp(prefix="dagwright-pg-"))
     server = pgserver.get_server(state / EMBEDDED_SUBDIR, cleanup_mode="delete")
+    # Hold a counted handle, so a worker in this process that releases its own handle
+    # (SqlConnections.close) does not stop the session's server.
+    server.__enter__()
     # The data is thrown away after the session, so durability only costs time: every test
     # database copies its template, and the final checkpoint would flush all of it to disk.
     server.psql(

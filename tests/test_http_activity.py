@@ -183,6 +183,16 @@ async def test_json_response_parsed(server: LocalServer) -> None:
     assert server.requests[0].headers["user-agent"].startswith("dagwright/")
 
 
+async def test_url_query_kept_and_merged(server: LocalServer) -> None:
+    server.routes["/data"] = json_reply(200, {})
+
+    await run(HttpRequest(node_id="fetch", url=server.url("/data?run=1")))
+    await run(HttpRequest(node_id="fetch", url=server.url("/data?run=1"), query={"page": 2}))
+
+    assert server.requests[0].query == {"run": ["1"]}
+    assert server.requests[1].query == {"run": ["1"], "page": ["2"]}
+
+
 async def test_text_response_by_content_type(server: LocalServer) -> None:
     server.routes["/page"] = reply(200, b"<p>hi</p>", {"Content-Type": "text/html; charset=utf-8"})
 
