@@ -42,9 +42,9 @@ from dagwright.interpreter.workflow import DagWorkflow
 logger = logging.getLogger(__name__)
 
 # Modules the workflow sandbox shares with the worker instead of re-importing per run.
-# jinja2 must be shared so its lazily imported submodules keep one class identity
-# (an `except SecurityError` would otherwise miss); all of these are pure or
-# deterministic given their inputs.
+# jinja2 must be shared because its lazily imported submodules would otherwise exist twice,
+# and an `except SecurityError` would miss the second copy. Every module listed is pure or
+# deterministic given its inputs.
 PASSTHROUGH_MODULES = (
     "jinja2",
     "markupsafe",

@@ -162,7 +162,7 @@ async def server_has_search_attributes(client: Client) -> bool:
 async def start_run(client: Client, request: RunRequest, workflow_id: str, task_queue: str,
                     use_attributes: bool) -> WorkflowHandle:
     """Start a `DagWorkflow` run with its memo, summary and search attributes."""
-    # The run keeps DagwrightStatus current only when told the attributes exist.
+    # The run updates DagwrightStatus only when the request says the attributes exist.
     request.search_attributes = use_attributes
     definition = request.definition
     timeout = (definition.get("limits") or {}).get("timeout")

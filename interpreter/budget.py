@@ -10,8 +10,8 @@ from typing import Any
 # Without `max_tokens` on the node, a call is assumed to produce at most this many tokens
 # when deciding whether it could exceed the budget.
 DEFAULT_COMPLETION_ESTIMATE = 1024
-# Rough size of a token in characters for prompt estimates (English text with Mistral's
-# tokenizer is close to 4); only used to decide whether a call could exceed the budget.
+# Estimated characters per token for English text. It only decides whether a call could
+# exceed the budget, so an estimate is enough.
 CHARS_PER_TOKEN = 4
 
 
@@ -53,8 +53,8 @@ class UsageLedger:
         entry.cost_usd = None if cost is None or entry.cost_usd is None else entry.cost_usd + float(cost)
         price = output.get("price")
         if isinstance(price, dict):
-            # Providers answer with a resolved model name (an alias becomes a dated name), and
-            # the budget check looks prices up by the name the node requested, so keep both.
+            # Providers return a resolved model name (an alias becomes a dated name), while the
+            # budget check looks prices up by the name the node requested, so both are kept.
             for name in {model, requested_model or model}:
                 priced = self.prices.setdefault(name, {})
                 priced.update(price)

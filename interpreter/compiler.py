@@ -34,7 +34,7 @@ TOP_LEVEL_FIELDS = [name for name in models.Workflow.model_fields]
 
 
 class ToolCatalog(Protocol):
-    """What the compiler needs from a tool registry."""
+    """The part of a tool registry the compiler uses."""
 
     def names(self) -> list[str]: ...
 
@@ -500,10 +500,13 @@ def _variant(
     timeout = node.timeout
     if timeout is None and is_activity:
         timeout = defaults.timeout if defaults.timeout is not None else DEFAULT_ACTIVITY_TIMEOUT
+    deadline = node.deadline
+    if deadline is None and is_activity:
+        deadline = defaults.deadline
     return {
         "params": params,
         "timeout": timeout,
-        "deadline": node.deadline if node.deadline is not None else (defaults.deadline if is_activity else None),
+        "deadline": deadline,
         "retry": _retry(node.retry, defaults.retry),
     }
 

@@ -27,7 +27,7 @@ ROOTS = ("inputs", "nodes", "run", "item", "index", "result", "secrets")
 
 @dataclass(frozen=True)
 class ScopeRules:
-    """Which names an expression may use, by where it sits."""
+    """The names an expression may use, given the field it sits in."""
 
     owner: str | None
     items: bool = False

@@ -499,6 +499,26 @@ class DagWorkflow:
 
     async def _await_approval(self, node: dict, context: dict, index: int | None) -> Any:
         params = node["variants"][0]["params"]
+        timeout = params.get("timeout")
+        waiting = self._open_approval(node, params, context, index)
+        key = waiting.key()
+
+        closed_as = "cancelled"
+        try:
+            decided = await self._wait_for_decision(waiting, timeout, params.get("remind_after"))
+            closed_as = waiting.decision["decision"] if decided and waiting.decision else "timed_out"
+        finally:
+            self._close_approval(waiting, closed_as)
+
+        if decided:
+            return waiting.decision
+        waiting.decision = timeout_output(params.get("on_timeout", "reject"), workflow.now().isoformat())
+        if params.get("on_timeout") == "fail":
+            raise NodeFailure(f"approval '{key}' timed out after {timeout:g}s with no decision (on_timeout: fail)")
+        return waiting.decision
+
+    def _open_approval(self, node: dict, params: dict, context: dict, index: int | None) -> PendingApproval:
+        """Register a pending approval and show the node as waiting, with the command to decide it."""
         now = workflow.now()
         timeout = params.get("timeout")
         remind_after = params.get("remind_after")
@@ -512,34 +532,27 @@ class DagWorkflow:
             remind_at=(now + timedelta(seconds=remind_after)).isoformat() if remind_after else None,
             timeout_at=(now + timedelta(seconds=timeout)).isoformat() if timeout else None,
         )
-        key = waiting.key()
-        self._approvals[key] = waiting
+        self._approvals[waiting.key()] = waiting
         if self._metrics is not None:
             self._metrics.approval_opened()
+
         state = self._nodes[node["id"]]
         if index is None:
             state.status = "waiting"
-        state.waiting_for = self._approval_hint(key, node["id"], index)
+        state.waiting_for = self._approval_hint(waiting.key(), node["id"], index)
         self._refresh_dag_status()
-        closed_as = "cancelled"
-        try:
-            decided = await self._wait_for_decision(waiting, timeout, remind_after)
-            closed_as = waiting.decision["decision"] if decided and waiting.decision else "timed_out"
-        finally:
-            if self._metrics is not None:
-                self._metrics.approval_closed(closed_as)
-            if index is None and state.status == "waiting":
-                state.status = "running"
-            state.overdue = any(p.overdue and p.decision is None for p in self._approvals.values()
-                                if p.node == node["id"])
-            state.waiting_for = None
-            self._refresh_dag_status()
-        if decided:
-            return waiting.decision
-        waiting.decision = timeout_output(params.get("on_timeout", "reject"), workflow.now().isoformat())
-        if params.get("on_timeout") == "fail":
-            raise NodeFailure(f"approval '{key}' timed out after {timeout:g}s with no decision (on_timeout: fail)")
-        return waiting.decision
+        return waiting
+
+    def _close_approval(self, waiting: PendingApproval, closed_as: str) -> None:
+        if self._metrics is not None:
+            self._metrics.approval_closed(closed_as)
+        state = self._nodes[waiting.node]
+        if waiting.index is None and state.status == "waiting":
+            state.status = "running"
+        state.overdue = any(p.overdue and p.decision is None for p in self._approvals.values()
+                            if p.node == waiting.node)
+        state.waiting_for = None
+        self._refresh_dag_status()
 
     async def _wait_for_decision(self, waiting: PendingApproval, timeout: float | None,
                                  remind_after: float | None) -> bool:
@@ -585,8 +598,8 @@ class DagWorkflow:
     @workflow.update(name=DECIDE_UPDATE)
     def decide(self, decision: ApprovalDecision) -> dict[str, Any]:
         """Record a human decision on a waiting approval and return the node's output."""
-        # Validators of two racing updates can both pass before either handler runs, so
-        # the handler checks again; the loser gets an error, the winner the decision.
+        # Validators of two racing updates can both pass before either handler runs.
+        # The handler checks again, so the loser gets an error and the winner the decision.
         try:
             waiting = self._check(decision)
         except DecisionRejected as exc:
