@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import secrets as random_tokens
@@ -140,6 +141,10 @@ async def _decide(run_id: str, decision: ApprovalDecision) -> int:
 
 
 def _closed_message(exc: RPCError, run_id: str) -> str:
+    # The server aborts an update when the run completes while it waits, which happens to
+    # the loser of two racing decisions when the winning one let the run finish.
+    if "aborted by closing workflow" in exc.message:
+        return f"run '{run_id}' finished before this request was recorded (another decision ended it); nothing was decided"
     if exc.status == RPCStatusCode.NOT_FOUND:
         return f"run '{run_id}' is not running (it finished, or the id is wrong); nothing was decided"
     return f"Temporal rejected the request for run '{run_id}': {exc.message}"
@@ -202,11 +207,14 @@ def rerun(
 async def _rerun(run_id, from_node, new_id, settings, registry, *, detach, as_json, in_process_worker) -> int:
     client = await client_for_cli()
     try:
-        worker = build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry,
-                              settings=settings)
+        worker_context = (
+            build_worker(client, WorkerOptions(task_queue=settings.task_queue), registry=registry,
+                         settings=settings)
+            if in_process_worker else contextlib.nullcontext()
+        )
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    async with worker:
+    async with worker_context:
         old = client.get_workflow_handle(run_id)
         request, snapshot = await _recorded_run(client, old)
         try:

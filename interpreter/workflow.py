@@ -503,12 +503,17 @@ class DagWorkflow:
         waiting = self._open_approval(node, params, context, index)
         key = waiting.key()
 
-        closed_as = "cancelled"
         try:
             decided = await self._wait_for_decision(waiting, timeout, params.get("remind_after"))
-            closed_as = waiting.decision["decision"] if decided and waiting.decision else "timed_out"
-        finally:
-            self._close_approval(waiting, closed_as)
+        except GeneratorExit:
+            # The worker evicted the run from its cache (it was terminated, or the cache is full)
+            # and closes this coroutine outside the workflow's event loop, where workflow calls
+            # such as metrics and search attribute updates raise. The run's state is discarded.
+            raise
+        except BaseException:
+            self._close_approval(waiting, "cancelled")
+            raise
+        self._close_approval(waiting, waiting.decision["decision"] if decided and waiting.decision else "timed_out")
 
         if decided:
             return waiting.decision
