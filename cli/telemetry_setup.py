@@ -82,6 +82,9 @@ def configure_logging(log_format: str = "human", level: int | str = logging.INFO
     handler.dagwright_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # dagwright logs one line per external call with the node's ids; httpx's own request
+    # lines would repeat each call without them.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     return handler
 
 
