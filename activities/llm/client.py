@@ -142,6 +142,27 @@ class ProviderClient:
     def chat_body(self, request: ChatRequest) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _common_chat_body(self, request: ChatRequest, *, seed_field: str) -> dict[str, Any]:
+        """Build the fields both APIs share; the APIs name the sampling seed differently."""
+        body: dict[str, Any] = {
+            "model": request.model,
+            # Only role and content: Mistral rejects "name" on user and assistant messages.
+            "messages": [
+                {"role": message["role"], "content": message["content"]}
+                for message in request.messages
+            ],
+        }
+        optional = {
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_tokens": request.max_tokens,
+            seed_field: request.random_seed,
+            "stop": request.stop,
+            "response_format": self._response_format(request),
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return body
+
     def embed_body(self, model: str, inputs: list[str]) -> dict[str, Any]:
         raise NotImplementedError
 

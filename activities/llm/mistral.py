@@ -17,24 +17,7 @@ class MistralClient(ProviderClient):
 
     def chat_body(self, request: ChatRequest) -> dict[str, Any]:
         """Build the chat completions body; the seed goes out as ``random_seed``."""
-        body: dict[str, Any] = {
-            "model": request.model,
-            # Only role and content: Mistral rejects "name" on user and assistant messages.
-            "messages": [
-                {"role": message["role"], "content": message["content"]}
-                for message in request.messages
-            ],
-        }
-        optional = {
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "max_tokens": request.max_tokens,
-            "random_seed": request.random_seed,
-            "stop": request.stop,
-            "response_format": self._response_format(request),
-        }
-        body.update({key: value for key, value in optional.items() if value is not None})
-        return body
+        return self._common_chat_body(request, seed_field="random_seed")
 
     def embed_body(self, model: str, inputs: list[str]) -> dict[str, Any]:
         """Build the embeddings body; the wire name is ``input``, not the SDK's ``inputs``."""

@@ -16,25 +16,9 @@ class OpenAIClient(ProviderClient):
 
     def chat_body(self, request: ChatRequest) -> dict[str, Any]:
         """Build the chat completions body; the node's ``random_seed`` goes out as ``seed``."""
-        body: dict[str, Any] = {
-            "model": request.model,
-            "messages": [
-                {"role": message["role"], "content": message["content"]}
-                for message in request.messages
-            ],
-        }
         # NOTE: OpenAI's reasoning models want max_completion_tokens instead of max_tokens, but
         # vLLM, Ollama and llama.cpp read max_tokens, so max_tokens is what goes out.
-        optional = {
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "max_tokens": request.max_tokens,
-            "seed": request.random_seed,
-            "stop": request.stop,
-            "response_format": self._response_format(request),
-        }
-        body.update({key: value for key, value in optional.items() if value is not None})
-        return body
+        return self._common_chat_body(request, seed_field="seed")
 
     def embed_body(self, model: str, inputs: list[str]) -> dict[str, Any]:
         """Build the embeddings body, asking for float vectors rather than base64 text."""
