@@ -48,7 +48,7 @@ import binascii
 import enum
 import functools
 import json
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -1192,7 +1192,7 @@ def build_context(
     """
     context: dict[str, Any] = {
         "inputs": inputs,
-        "nodes": {node_id: _node_view(view) for node_id, view in nodes.items()},
+        "nodes": nodes if isinstance(nodes, NodeViews) else {node_id: _node_view(view) for node_id, view in nodes.items()},
         "run": run,
     }
     for name, value in (("item", item), ("index", index), ("result", result)):
@@ -1201,6 +1201,33 @@ def build_context(
     if secrets is not None:
         context["secrets"] = secrets
     return context
+
+
+class NodeViews(Mapping):
+    """The `nodes` name, building each node's view only when an expression reads it.
+
+    A run with thousands of nodes evaluates thousands of expressions, and building every
+    view for each of them would cost time quadratic in the number of nodes.
+    """
+
+    def __init__(self, source: Mapping[str, Any], view: Callable[[Any], Any] | None = None) -> None:
+        self._source = source
+        self._view = view
+        self._built: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, node_id: str) -> dict[str, Any]:
+        built = self._built.get(node_id)
+        if built is None:
+            raw = self._source[node_id]
+            built = _node_view(self._view(raw) if self._view else raw)
+            self._built[node_id] = built
+        return built
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
 
 
 def _node_view(view: NodeView | Mapping[str, Any]) -> dict[str, Any]:

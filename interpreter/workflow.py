@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from dagwright.interpreter.metrics import RunMetrics
     from dagwright.interpreter.expressions import (
         ExpressionError,
+        NodeViews,
         build_context,
         evaluate_expression,
         render_template,
@@ -66,6 +67,10 @@ BATCH_SIZE = 500
 # The server allows 2,000 pending children; batches run one after another, so this
 # only bounds the total: 1,000 batches of 500 items.
 MAX_FOR_EACH_ITEMS = BATCH_SIZE * 1000
+# Transforms, conditions and outputs are evaluated in workflow code, which must yield to the
+# worker within 2 s (the SDK's deadlock detector). After this many evaluations in a row the
+# run takes a 1 ms durable timer, so a long chain of transforms spans several workflow tasks.
+EVALUATIONS_PER_TASK = 100
 # Node activities heartbeat every few seconds. When a worker dies mid-node, the server
 # notices after this long and schedules the next attempt on another worker.
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
@@ -114,6 +119,8 @@ class DagWorkflow:
         self._metrics: RunMetrics | None = None
         self._invalid_request: str | None = None
         self._status_published = False
+        self._evaluations = 0
+        self._evaluations_task = -1
         try:
             self._start(request)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -348,7 +355,7 @@ class DagWorkflow:
             extra["result"] = result
         return build_context(
             inputs=self._inputs,
-            nodes={node_id: state.view() for node_id, state in self._nodes.items()},
+            nodes=NodeViews(self._nodes, NodeState.view),
             run={
                 "id": workflow.info().workflow_id,
                 "workflow": self._definition["name"],
@@ -360,7 +367,20 @@ class DagWorkflow:
             **extra,
         )
 
+    async def _yield_after_many_evaluations(self) -> None:
+        # Counted per workflow task, never timed, so every replay takes the timer at the same
+        # place. The history length identifies the task and is the same on replay.
+        task = workflow.info().get_current_history_length()
+        if task != self._evaluations_task:
+            self._evaluations_task = task
+            self._evaluations = 0
+        self._evaluations += 1
+        if self._evaluations >= EVALUATIONS_PER_TASK:
+            await workflow.sleep(timedelta(milliseconds=1), summary="yield after many evaluations")
+
     async def _run_once(self, node: dict, item: Any, index: int | None) -> Any:
+        if node["type"] == "transform":
+            await self._yield_after_many_evaluations()
         has_item = node.get("for_each") is not None
         context = self._context(item, index, has_item=has_item)
         node_type = node["type"]

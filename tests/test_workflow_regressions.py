@@ -22,3 +22,19 @@ outputs: {r: "{{ nodes.second.output }}"}
     assert outcome.statuses() == {"bad": "failed", "first": "failed", "second": "cancelled"}
     assert "nodes.bad.output is null" in outcome.error_message
     assert outcome.node("second")["error"] == "not run because node 'first' failed"
+
+
+def _transform_chain(length: int) -> str:
+    lines = ["dagwright: 1", "name: long-chain", "nodes:", "  n0: {type: transform, value: 0}"]
+    for number in range(1, length):
+        lines.append(f'  n{number}: {{type: transform, value: "{{{{ nodes.n{number - 1}.output + 1 }}}}"}}')
+    lines.append(f'outputs: {{last: "{{{{ nodes.n{length - 1}.output }}}}"}}')
+    return "\n".join(lines)
+
+
+async def test_long_transform_chain_spans_tasks(client, task_queue, tmp_path):
+    """1,000 transforms in a chain finish; evaluation yields before the deadlock detector fires."""
+    outcome = await run_yaml(client, task_queue, tmp_path, _transform_chain(1000), timeout=120)
+
+    assert outcome.failure is None
+    assert outcome.result["outputs"] == {"last": 999}
