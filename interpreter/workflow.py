@@ -121,6 +121,7 @@ class DagWorkflow:
         self._status_published = False
         self._evaluations = 0
         self._evaluations_task = -1
+        self._yield_timer: asyncio.Task | None = None
         try:
             self._start(request)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -368,15 +369,26 @@ class DagWorkflow:
         )
 
     async def _yield_after_many_evaluations(self) -> None:
-        # Counted per workflow task, never timed, so every replay takes the timer at the same
-        # place. The history length identifies the task and is the same on replay.
-        task = workflow.info().get_current_history_length()
-        if task != self._evaluations_task:
-            self._evaluations_task = task
-            self._evaluations = 0
-        self._evaluations += 1
-        if self._evaluations >= EVALUATIONS_PER_TASK:
-            await workflow.sleep(timedelta(milliseconds=1), summary="yield after many evaluations")
+        """Wait for the next workflow task once this one has had its share of evaluations.
+
+        Counted per workflow task, never timed, so every replay waits at the same place. The
+        history length identifies the task and is the same on replay. All nodes that have to
+        wait share one timer, so a wide fan-out takes one timer per 100 nodes.
+        """
+        while True:
+            task = workflow.info().get_current_history_length()
+            if task != self._evaluations_task:
+                self._evaluations_task = task
+                self._evaluations = 0
+            if self._evaluations < EVALUATIONS_PER_TASK:
+                self._evaluations += 1
+                return
+            if self._yield_timer is None or self._yield_timer.done():
+                self._yield_timer = asyncio.create_task(
+                    workflow.sleep(timedelta(milliseconds=1), summary="yield after many evaluations")
+                )
+            # Shielded, so a cancelled node does not cancel the timer other nodes wait for.
+            await asyncio.shield(self._yield_timer)
 
     async def _run_once(self, node: dict, item: Any, index: int | None) -> Any:
         if node["type"] == "transform":

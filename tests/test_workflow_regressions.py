@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflow_helpers import run_yaml
+from workflow_helpers import event_type_names, history_events, run_yaml
 
 
 async def test_sibling_cancelled_before_start_ends_run(client, task_queue, tmp_path):
@@ -38,3 +38,21 @@ async def test_long_transform_chain_spans_tasks(client, task_queue, tmp_path):
 
     assert outcome.failure is None
     assert outcome.result["outputs"] == {"last": 999}
+
+
+def _transform_fan_out(width: int) -> str:
+    lines = ["dagwright: 1", "name: wide-fan-out", "nodes:", "  root: {type: transform, value: 0}"]
+    for number in range(1, width + 1):
+        lines.append(f'  n{number}: {{type: transform, value: "{{{{ nodes.root.output + {number} }}}}"}}')
+    lines.append(f'outputs: {{last: "{{{{ nodes.n{width}.output }}}}"}}')
+    return "\n".join(lines)
+
+
+async def test_wide_transform_fan_out_finishes(client, task_queue, tmp_path):
+    """1,000 transforms ready at once share the yields, so no workflow task runs them all."""
+    outcome = await run_yaml(client, task_queue, tmp_path, _transform_fan_out(1000), timeout=120)
+
+    assert outcome.failure is None
+    assert outcome.result["outputs"] == {"last": 1000}
+    timers = event_type_names(await history_events(outcome.handle)).count("TIMER_STARTED")
+    assert 5 <= timers <= 20
