@@ -15,6 +15,7 @@ from dagwright.cli import runs as _runs
 from dagwright.cli import trace as _trace
 from dagwright.cli import validate as _validate
 from dagwright.cli.server import server_app
+from dagwright.cli.telemetry_setup import install_default_runtime
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -63,6 +64,7 @@ def main() -> None:
     # pgserver asks platformdirs for a runtime folder it does not use; on machines without
     # XDG_RUNTIME_DIR that prints a warning on every run.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    install_default_runtime()
     try:
         app()
         code: object = 0

@@ -205,7 +205,12 @@ async def connect(
         )
     except RuntimeError as exc:  # the Rust bridge reports connection failures as RuntimeError
         raise TemporalSetupError(
-            f"Failed to connect to Temporal at {target.describe()}: {exc}"
+            f"Failed to connect to Temporal at {target.describe()}: {exc}. Check that the server"
+            " is running (`dagwright server status`) or fix TEMPORAL_ADDRESS."
+        ) from exc
+    except ValueError as exc:  # an address the client cannot parse, such as a port above 65535
+        raise TemporalSetupError(
+            f"invalid Temporal address '{target.address}': {exc}; use HOST:PORT, e.g. 127.0.0.1:7233"
         ) from exc
 
 

@@ -12,11 +12,12 @@ from typing import Any, Optional
 
 import typer
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dagwright.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, load_tools, settings_for
-from dagwright.cli.run import _follow, quiet_logging, server_has_search_attributes, start_run, web_link
-from dagwright.cli.runs import client_for_cli
+from dagwright.cli.run import _follow, already_running_message, quiet_logging, server_has_search_attributes, start_run, web_link
+from dagwright.cli.runs import client_for_cli, idle_task_queue
 from dagwright.interpreter.approvals import (
     DECIDE_UPDATE,
     PAUSE_SIGNAL,
@@ -128,6 +129,11 @@ def reject(
 async def _decide(run_id: str, decision: ApprovalDecision) -> int:
     client = await client_for_cli()
     handle = client.get_workflow_handle(run_id)
+    # An update waits for a worker to accept it, so without one the command would hang.
+    idle = await idle_task_queue(client, run_id)
+    if idle is not None:
+        fail(f"no worker is polling task queue '{idle}', so run {run_id} cannot take a decision now;"
+             f" start one (`dagwright worker --task-queue {idle}`) and decide again")
     try:
         result = await handle.execute_update(DECIDE_UPDATE, decision, result_type=dict)
     except WorkflowUpdateFailedError as exc:
@@ -227,8 +233,11 @@ async def _rerun(run_id, from_node, new_id, settings, registry, *, detach, as_js
         workflow_id = new_id or f"{request.definition['name']}-{random_tokens.token_hex(4)}"
         typer.echo(f"rerun of {run_id}: reusing {len(plan.reuse)} node(s), executing {', '.join(plan.execute)}",
                    err=True)
-        handle = await start_run(client, new_request, workflow_id, settings.task_queue,
-                                 new_request.search_attributes)
+        try:
+            handle = await start_run(client, new_request, workflow_id, settings.task_queue,
+                                     new_request.search_attributes)
+        except WorkflowAlreadyStartedError:
+            fail(already_running_message(workflow_id), EXIT_USAGE)
         if detach:
             typer.echo(handle.id)
             return EXIT_OK

@@ -18,7 +18,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from dagwright.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, compile_or_exit, fail, load_tools, settings_for
@@ -138,6 +138,8 @@ async def _start_and_follow(request, workflow_id, settings, registry, *, detach,
     async with worker_context:
         try:
             handle = await start_run(client, request, workflow_id, settings.task_queue, use_attributes)
+        except WorkflowAlreadyStartedError:
+            fail(already_running_message(workflow_id), EXIT_USAGE)
         except RPCError as exc:
             fail(f"cannot start run '{workflow_id}': {exc.message}")
         link = web_link(target, workflow_id, handle.result_run_id)
@@ -188,6 +190,11 @@ async def start_run(client: Client, request: RunRequest, workflow_id: str, task_
         search_attributes=attributes,
         static_summary=f"{definition['name']} {definition.get('version') or ''}".strip(),
     )
+
+
+def already_running_message(workflow_id: str) -> str:
+    return (f"a run with id '{workflow_id}' is already running; pass another --id, or follow it with"
+            f" `dagwright status {workflow_id} --watch`")
 
 
 def web_link(target: Target, workflow_id: str, run_id: str | None) -> str | None:

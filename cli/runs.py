@@ -129,9 +129,28 @@ def result(
     raise typer.Exit(asyncio.run(_result(run_id, as_json)))
 
 
+async def idle_task_queue(client: Client, run_id: str) -> str | None:
+    """Return the task queue of a running run when no worker polls it, else None."""
+    from dagwright.cli.run import has_workflow_pollers
+
+    try:
+        description = await client.get_workflow_handle(run_id).describe()
+    except RPCError:
+        return None
+    if description.status != WorkflowExecutionStatus.RUNNING or not description.task_queue:
+        return None
+    if await has_workflow_pollers(client, description.task_queue):
+        return None
+    return description.task_queue
+
+
 async def _result(run_id: str, as_json: bool) -> int:
     client = await client_for_cli()
     handle = client.get_workflow_handle(run_id)
+    idle = await idle_task_queue(client, run_id)
+    if idle is not None:
+        typer.echo(f"warning: no worker is polling task queue '{idle}', so run {run_id} cannot make"
+                   f" progress; waiting until one starts (`dagwright worker --task-queue {idle}`)", err=True)
     try:
         outcome: Any = await handle.result()
     except WorkflowFailureError as exc:
@@ -179,7 +198,7 @@ async def _list(workflow: str | None, status_filter: str | None, limit: int, as_
         row = {
             "run_id": execution.id,
             "workflow": memo.get("workflow"),
-            "status": execution.status.name.lower() if execution.status else "unknown",
+            "status": _status_word(execution.status),
             "started": execution.start_time.isoformat() if execution.start_time else None,
             "closed": execution.close_time.isoformat() if execution.close_time else None,
         }
@@ -190,6 +209,15 @@ async def _list(workflow: str | None, status_filter: str | None, limit: int, as_
     if not count and not as_json:
         typer.echo("no runs found", err=True)
     return EXIT_OK
+
+
+# The CLI's words for run outcomes, shared with `status` and the live view.
+_STATUS_WORDS = {"completed": "succeeded", "canceled": "cancelled"}
+
+
+def _status_word(status: WorkflowExecutionStatus | None) -> str:
+    word = status.name.lower() if status else "unknown"
+    return _STATUS_WORDS.get(word, word)
 
 
 def _quote(text: str) -> str:

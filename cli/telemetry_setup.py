@@ -28,7 +28,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.exceptions import ApplicationError
+from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, TelemetryConfig, TelemetryFilter
 
 from dagwright.activities.log_records import HumanFormatter, JsonFormatter, RedactingFilter, RunContextFilter
 
@@ -72,6 +73,7 @@ def configure_logging(log_format: str = "human", level: int | str = logging.INFO
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else HumanFormatter())
     handler.addFilter(RunContextFilter())
+    handler.addFilter(_ExpectedActivityFailureFilter())
     handler.addFilter(RedactingFilter())
 
     root = logging.getLogger()
@@ -88,6 +90,23 @@ def configure_logging(log_format: str = "human", level: int | str = logging.INFO
     return handler
 
 
+class _ExpectedActivityFailureFilter(logging.Filter):
+    """Drop the traceback from the SDK's line about a node attempt that failed as designed.
+
+    A node's own error (an ApplicationError from its activity) says everything in one line;
+    other exceptions keep their traceback, because they point at a bug.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "temporalio.activity" and record.exc_info:
+            error = record.exc_info[1]
+            if isinstance(error, ApplicationError):
+                record.msg = f"{record.msg}: {error.type or 'ApplicationError'}: {error.message}"
+                record.exc_info = None
+                record.exc_text = None
+        return True
+
+
 def metrics_address(port: int | None, host: str = DEFAULT_METRICS_HOST) -> str | None:
     """Return `host:port` for the Prometheus endpoint, or None when no port is given.
 
@@ -101,6 +120,16 @@ def metrics_address(port: int | None, host: str = DEFAULT_METRICS_HOST) -> str |
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# The SDK core writes its own warnings (such as "Query not found" while a run is closing) to
+# stdout, which would corrupt `--json` output; only its errors are kept.
+CORE_LOGGING = LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+
+
+def install_default_runtime() -> None:
+    """Make the CLI's Temporal clients use a runtime that keeps core warnings off stdout."""
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=CORE_LOGGING)), error_if_already_set=False)
+
+
 def create_runtime(bind_address: str | None) -> Runtime | None:
     """Return a Temporal runtime that serves Prometheus metrics on `bind_address`, or None.
 
@@ -109,7 +138,7 @@ def create_runtime(bind_address: str | None) -> Runtime | None:
     if bind_address is None:
         return None
     prometheus = PrometheusConfig(bind_address=bind_address, histogram_bucket_overrides=HISTOGRAM_BUCKETS)
-    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus, logging=CORE_LOGGING))
 
 
 def otlp_endpoint(flag: str | None, environ: Mapping[str, str] | None = None) -> str | None:
