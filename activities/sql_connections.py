@@ -273,8 +273,8 @@ class EmbeddedPostgres:
         async with self._lock:
             server, self._server = self._server, None
         if server is not None:
-            # Leaving the handle's context drops this user; pgserver stops the server only
-            # when no other user in this process and no other live process holds it.
+            # Leaving the handle's context drops this user. pgserver stops the server only
+            # when no other user in this process and no other live process uses it.
             await asyncio.to_thread(server.__exit__, None, None, None)
 
     async def _started(self) -> Any:

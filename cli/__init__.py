@@ -61,8 +61,8 @@ def main() -> None:
     while the interpreter finalizes after an RPC error, which aborts the process
     (seen with temporalio 1.35). Output is flushed first, then the process exits.
     """
-    # pgserver asks platformdirs for a runtime folder it does not use; on machines without
-    # XDG_RUNTIME_DIR that prints a warning on every run.
+    # pgserver requests a runtime folder from platformdirs and never uses it. Without
+    # XDG_RUNTIME_DIR, that request prints a warning on every run.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     install_default_runtime()
     try:
@@ -73,4 +73,8 @@ def main() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        code = 1
+    os._exit(code)

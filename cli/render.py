@@ -71,7 +71,11 @@ def render_dot(definition: dict[str, Any], statuses: dict[str, str] | None = Non
     lines = [f'digraph "{_dot_text(definition["name"])}" {{', "    rankdir=TB;", "    node [fontname=Helvetica];"]
     for node_id, node in definition["nodes"].items():
         label = "\\n".join(_dot_text(part) for part in _label_lines(node))
-        shape = "hexagon" if node["type"] == "approval" else "diamond" if node.get("when") else "box"
+        shape = "box"
+        if node["type"] == "approval":
+            shape = "hexagon"
+        elif node.get("when"):
+            shape = "diamond"
         attributes = [f'label="{label}"', f"shape={shape}"]
         status = (statuses or {}).get(node_id)
         if status in _STATUS_COLOURS:

@@ -87,7 +87,7 @@ def run(
 def quiet_logging() -> None:
     """Show only real problems while `run` follows a run in the terminal.
 
-    The in-process worker logs every failed activity attempt with a traceback; the live
+    The in-process worker logs every failed activity attempt with a traceback. The live
     view already shows each node's attempts and errors, so those records are dropped.
     """
     configure_logging("human", level=logging.WARNING)
@@ -164,7 +164,7 @@ async def server_has_search_attributes(client: Client) -> bool:
 async def start_run(client: Client, request: RunRequest, workflow_id: str, task_queue: str,
                     use_attributes: bool) -> WorkflowHandle:
     """Start a `DagWorkflow` run with its memo, summary and search attributes."""
-    # The run updates DagwrightStatus only when the request says the attributes exist.
+    # The run updates DagwrightStatus only when the request marks the attributes as present.
     request.search_attributes = use_attributes
     definition = request.definition
     timeout = (definition.get("limits") or {}).get("timeout")

@@ -114,7 +114,7 @@ async def run_state(handle, execution_status) -> dict | None:
     try:
         return await handle.query("state", result_type=dict)
     except RPCError:
-        pass  # no worker answers queries right now
+        pass  # no worker is polling, so the query cannot be served right now
     if execution_status == WorkflowExecutionStatus.COMPLETED:
         outcome = await handle.result()
         return {"status": "succeeded", "nodes": outcome.get("nodes", {}), "outputs": outcome.get("outputs")}

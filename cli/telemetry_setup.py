@@ -121,7 +121,7 @@ def metrics_address(port: int | None, host: str = DEFAULT_METRICS_HOST) -> str |
 
 
 # The SDK core writes its own warnings (such as "Query not found" while a run is closing) to
-# stdout, which would corrupt `--json` output; only its errors are kept.
+# stdout. They would corrupt `--json` output, so only its errors are kept.
 CORE_LOGGING = LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
 
 

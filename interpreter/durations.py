@@ -13,14 +13,14 @@ _ISO = re.compile(
 
 
 class DurationError(ValueError):
-    """Raised when a duration string does not parse; the message says which forms are accepted."""
+    """Raised when a duration string does not parse; the message lists the accepted forms."""
 
 
 def parse_duration(value: object) -> float:
     """Return the duration in seconds.
 
     Bare numbers are rejected on purpose: `timeout: 30` is ambiguous between seconds
-    and minutes, and the language asks for a unit.
+    and minutes, so the language requires a unit.
     """
     if isinstance(value, bool) or not isinstance(value, str):
         if isinstance(value, (int, float)):

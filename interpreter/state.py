@@ -11,7 +11,7 @@ PREVIEW_CHARS = 200
 
 @dataclass
 class NodeState:
-    """What the run knows about one node."""
+    """The run's record of one node: status, attempts, times, output and error."""
 
     node_type: str
     status: str = "pending"

@@ -96,8 +96,8 @@ class DagWorkflow:
 
     @workflow.init
     def __init__(self, request: RunRequest) -> None:
-        # State is built here, not in run(): update validators and queries can arrive in
-        # the run's first activation, before run() starts.
+        # State is built here, not in run(), because update validators and queries can
+        # arrive in the run's first activation, before run() starts.
         self._definition: dict[str, Any] = {}
         self._inputs: dict[str, Any] = {}
         self._nodes: dict[str, NodeState] = {}
@@ -108,25 +108,29 @@ class DagWorkflow:
         self._outputs: dict[str, Any] | None = None
         self._error: str | None = None
         self._failed_node: str | None = None
+
         self._slots: asyncio.Semaphore | None = None
         self._search_attributes = False
         self._run_started_at = ""
         self._control_log: list[dict[str, Any]] = []
+
         self._approvals: dict[str, PendingApproval] = {}
         self._ledger = UsageLedger()
         self._budget: dict[str, Any] = {}
         self._budget_request: dict[str, Any] | None = None
         self._metrics: RunMetrics | None = None
+
         self._invalid_request: str | None = None
         self._status_published = False
         self._evaluations = 0
         self._evaluations_task = -1
         self._yield_timer: asyncio.Task | None = None
+
         try:
             self._start(request)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            # A definition that did not come from the compiler; run() fails the run with
-            # this message instead of letting the workflow task retry for ever.
+            # The definition did not come from the compiler. run() fails the run with this
+            # message instead of letting the workflow task retry for ever.
             self._invalid_request = f"{type(exc).__name__}: {exc}"
 
     # ------------------------------------------------------------ run
